@@ -129,6 +129,7 @@ class TrainConfig:
     keep_last: int = field(default=2, metadata=_range(1))
     # Checkpoint interval in steps; defaults to valid_every.
     save_every: int | None = field(default=None, metadata=_range(1))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     tensorboard: bool = False
@@ -397,6 +398,8 @@ def _check_combinations(cfg: Config) -> None:
             f"train.update_tokens: {cfg.train.update_tokens} is smaller than train.batch_tokens "
             f"({cfg.train.batch_tokens}); raise it or lower batch_tokens"
         )
+    if cfg.train.precision == "fp16" and cfg.train.device == "cpu":
+        raise UserError("train.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU")
     if cfg.data.src_lang == cfg.data.tgt_lang:
         raise UserError("data.tgt_lang: must differ from data.src_lang")
 

@@ -1,0 +1,159 @@
+"""Checkpoints: written atomically, loaded safely, self-contained.
+
+A checkpoint holds everything needed to resume a run bit-for-bit (model, optimiser, step,
+data position, every RNG state) and everything needed to translate with it alone (the
+resolved config and the SentencePiece model bytes). It is written to a temporary file,
+fsync'ed and renamed into place, so a run killed at any moment leaves either the old file
+or the new one, never half of one. It is read with ``torch.load(weights_only=True)``: a
+pickle that carries code is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seq2seq import CHECKPOINT_FORMAT, __version__
+from seq2seq.errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_NAME = "best.pt"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"{path}: could not write the checkpoint ({exc.strerror or exc}); free disk space or "
+            "choose another output_dir — the previous checkpoint is untouched"
+        ) from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is only durable once the directory entry itself reaches the disk.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and sanity-check a checkpoint; every failure is a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; pass a .pt file or a run's output_dir")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0] if "Weights only load failed" not in str(exc) else (
+            "it contains objects other than tensors and plain data (possibly code)"
+        )
+        raise UserError(f"{path}: refused to load: {reason}; only load checkpoints you trust from attn") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable attn checkpoint (truncated or corrupt: {first[:120]})") from None
+    if not isinstance(payload, dict) or "format" not in payload or "model" not in payload:
+        raise UserError(f"{path}: not an attn checkpoint (no format/model entries)")
+    if payload["format"] != CHECKPOINT_FORMAT:
+        raise UserError(
+            f"{path}: checkpoint format {payload['format']} (attn {payload.get('attn_version', '?')}) "
+            f"is not supported by attn {__version__} (format {CHECKPOINT_FORMAT})"
+        )
+    return payload
+
+
+# ----------------------------------------------------------------- finding checkpoints
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / CHECKPOINT_DIR
+
+
+def step_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The run's step checkpoints, oldest first."""
+    folder = checkpoint_dir(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def step_checkpoint_path(output_dir: str | Path, step: int) -> Path:
+    return checkpoint_dir(output_dir) / f"step_{step:08d}.pt"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A .pt file as is; a run directory -> its best checkpoint, else its latest."""
+    path = Path(path)
+    if path.is_dir():
+        best = checkpoint_dir(path) / BEST_NAME
+        if best.is_file():
+            return best
+        steps = step_checkpoints(path)
+        if steps:
+            return steps[-1]
+        raise UserError(f"{path}: no checkpoints in this directory; train first or pass a .pt file")
+    return path
+
+
+def prune_step_checkpoints(output_dir: str | Path, keep_last: int) -> None:
+    for old in step_checkpoints(output_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------- RNG state
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors and plain data, so weights_only loading accepts them."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "cached": cached},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def bytes_to_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def tensor_to_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.numpy().tobytes()

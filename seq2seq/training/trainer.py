@@ -1,0 +1,565 @@
+"""``attn train``: the training loop, read top to bottom.
+
+train()                      set up, then loop over optimizer updates:
+  next_update()              the micro-batches of one update, from the length-bucketed sampler
+  optimizer_step()           forward/backward each micro-batch, normalise by target tokens,
+                             clip, skip non-finite updates without a host sync, step
+  log / validate / save      at their intervals; Ctrl-C and SIGTERM stop after a checkpoint
+
+The loss of an update is the sum over its real target tokens divided by their number across
+every micro-batch and rank, so accumulation and world size never change the gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seq2seq import CHECKPOINT_FORMAT, __version__
+from seq2seq.config import Config, dump_config
+from seq2seq.data.batching import TokenBatchSampler, collate
+from seq2seq.data.prepare import PreparedData, prepare_data
+from seq2seq.errors import UserError
+from seq2seq.models.builder import build_model, describe_model
+from seq2seq.training import checkpoint as ckpt
+from seq2seq.training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, cleanup, init_distributed
+from seq2seq.training.loss import label_smoothed_nll
+from seq2seq.training.schedule import Plateau, lr_at
+
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "learning_curve.png"
+CONFIG_FILE = "config.yaml"
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (a run of non-finite losses); the message says why and what to do."""
+
+
+@dataclass
+class RunState:
+    """Where the run is: saved in every checkpoint so --resume continues the same run."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed (this rank)
+    best_score: float | None = None
+    best_step: int = 0
+    validations_without_improvement: int = 0
+    train_seconds: float = 0.0
+    target_tokens: int = 0
+
+
+@dataclass
+class TrainSummary:
+    output_dir: Path
+    steps: int
+    best_step: int
+    best_score: float | None
+    metric: str
+    stopped_because: str
+
+
+# ------------------------------------------------------------------------- set-up
+
+
+def pick_device(cfg: Config, info: DistInfo) -> torch.device:
+    if cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("train.device: cuda was asked for but no GPU is visible; use auto or cpu")
+    return torch.device("cuda", info.local_rank)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    """Refuse to clobber another run; make sure we can write before spending any compute."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output_dir: {out} exists and is a file; choose a directory path")
+    has_run = (out / CONFIG_FILE).exists() or bool(ckpt.step_checkpoints(out))
+    if resume and not ckpt.step_checkpoints(out):
+        raise UserError(f"output_dir: {out} has no checkpoint to resume from; run without --resume")
+    if has_run and not resume and not overwrite:
+        raise UserError(
+            f"output_dir: {out} already holds a run; pass --resume to continue it, "
+            "--overwrite to start over, or choose another output_dir"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output_dir: cannot write to {out} ({exc.strerror or exc}); choose a writable directory") from None
+    if overwrite and not resume:
+        shutil.rmtree(ckpt.checkpoint_dir(out), ignore_errors=True)
+        for name in (METRICS_FILE, CURVE_FILE, CONFIG_FILE):
+            (out / name).unlink(missing_ok=True)
+    return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    t = cfg.train
+    opt_class = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
+    # Fused Adam is one kernel for all parameters, on CPU and GPU alike, and it can skip a
+    # non-finite update on its own (found_inf), so the loop never waits on the device.
+    return opt_class(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=True)
+
+
+def autocast_context(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.train.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------------- data order
+
+
+def update_batches(sampler: TokenBatchSampler, accumulation: int, state: RunState,
+                   max_epochs: int | None) -> Iterator[list[np.ndarray]]:
+    """Yield the micro-batches of each update, starting where ``state`` says the run is.
+
+    The order of an epoch depends only on (seed, epoch), so resuming needs nothing but the
+    epoch and the number of micro-batches already consumed.
+    """
+    while max_epochs is None or state.epoch < max_epochs:
+        batches = sampler.batches(state.epoch)
+        while state.batch_in_epoch < len(batches):
+            group = batches[state.batch_in_epoch: state.batch_in_epoch + accumulation]
+            state.batch_in_epoch += len(group)
+            yield group
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+def accumulation_steps(cfg: Config, world_size: int) -> int:
+    """Micro-batches per rank and update, so the global update size does not depend on the world size."""
+    return max(1, round(cfg.effective_update_tokens / (cfg.train.batch_tokens * world_size)))
+
+
+# ------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    def __init__(self, cfg: Config, prepared: PreparedData, info: DistInfo, device: torch.device,
+                 log: Callable[[str], None]) -> None:
+        self.cfg, self.prepared, self.info, self.device, self.log = cfg, prepared, info, device, log
+        self.out = Path(cfg.output_dir)
+        tok = prepared.tokenizer
+        self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
+        self.forward_model: nn.Module = self.model
+        if info.enabled:
+            self.forward_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.train.compile:
+            self.forward_model = torch.compile(self.forward_model, dynamic=True)
+        self.optimizer = build_optimizer(self.model, cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+        self.plateau = Plateau(cfg.train)
+        self.state = RunState()
+        self.train_data = prepared.dataset("train")
+        self.sampler = TokenBatchSampler(
+            self.train_data.src_lengths, self.train_data.tgt_lengths, cfg.train.batch_tokens,
+            seed=cfg.train.seed, shuffle=True, rank=info.rank, world_size=info.world_size)
+        self.accumulation = accumulation_steps(cfg, info.world_size)
+        # Device-side counters: read only at log time, so the step never waits on the device.
+        self.bad_run = torch.zeros((), device=device)
+        self.skipped = torch.zeros((), device=device)
+        self.interrupted = False
+
+    # --- checkpoints ------------------------------------------------------------
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        src_bytes, tgt_bytes = self.prepared.tokenizer.to_bytes()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "attn_version": __version__,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "plateau": self.plateau.state_dict(),
+            "run_state": asdict(self.state),
+            "rng": ckpt.rng_state(),
+            "tokenizer": {"src": ckpt.bytes_to_tensor(src_bytes),
+                          "tgt": ckpt.bytes_to_tensor(tgt_bytes) if tgt_bytes is not None else None},
+        }
+
+    def save(self, best: bool = False) -> None:
+        if not self.info.is_main:
+            return
+        payload = self.checkpoint_payload()
+        ckpt.save_atomic(payload, ckpt.step_checkpoint_path(self.out, self.state.step))
+        if best:
+            ckpt.save_atomic(payload, ckpt.checkpoint_dir(self.out) / ckpt.BEST_NAME)
+        ckpt.prune_step_checkpoints(self.out, self.cfg.train.keep_last)
+
+    def resume(self) -> None:
+        """Load the newest checkpoint that loads; an unreadable newest one falls back to the one before."""
+        candidates = ckpt.step_checkpoints(self.out)
+        for path in reversed(candidates):
+            try:
+                payload = ckpt.load_checkpoint(path)
+                break
+            except UserError as exc:
+                self.log(f"warning: skipping {exc}")
+        else:
+            raise UserError(f"output_dir: no loadable checkpoint in {ckpt.checkpoint_dir(self.out)}")
+        try:
+            self.model.load_state_dict(payload["model"])
+        except RuntimeError:
+            raise UserError(
+                f"{path}: its model does not match this config (model or vocabulary changed); "
+                "resume with the config the run started with, or use --overwrite"
+            ) from None
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.plateau.load_state_dict(payload["plateau"])
+        self.state = RunState(**payload["run_state"])
+        ckpt.set_rng_state(payload["rng"])
+        trim_metrics(self.out / METRICS_FILE, self.state.step)
+        self.log(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch + 1})")
+
+    # --- one update ---------------------------------------------------------------
+
+    def optimizer_step(self, group: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        model, cfg = self.forward_model, self.cfg
+        model.train()
+        totals = {k: torch.zeros((), device=self.device) for k in ("loss", "nll", "correct")}
+        tgt_tokens = src_tokens = 0
+        for i, indices in enumerate(group):
+            batch = collate(self.train_data, indices)
+            src, tgt_in, tgt_out = (self.to_device(t) for t in (batch.src, batch.tgt_in, batch.tgt_out))
+            last = i == len(group) - 1
+            no_sync = model.no_sync() if self.info.enabled and not last and hasattr(model, "no_sync") else contextlib.nullcontext()
+            with no_sync:
+                with autocast_context(cfg, self.device):
+                    logits = model(src, tgt_in)
+                sums = label_smoothed_nll(logits, tgt_out, cfg.train.label_smoothing)
+                self.scaler.scale(sums.loss).backward()
+            totals["loss"] += sums.loss.detach()
+            totals["nll"] += sums.nll.detach()
+            totals["correct"] += sums.correct
+            tgt_tokens += batch.n_tgt_tokens
+            src_tokens += batch.n_src_tokens
+
+        # Gradients hold sums over this rank's tokens (DDP averaged them over ranks); turn
+        # them into the mean over every target token of the update.
+        tokens = all_reduce_sum(torch.tensor(float(tgt_tokens), device=self.device), self.info)
+        self.scaler.unscale_(self.optimizer)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        torch._foreach_mul_(grads, self.info.world_size / tokens.clamp(min=1))
+        max_norm = cfg.train.clip_norm if cfg.train.clip_norm > 0 else math.inf
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+
+        finite = torch.isfinite(grad_norm) & torch.isfinite(totals["loss"])
+        lr = lr_at(self.state.step + 1, cfg.train) * self.plateau.scale
+        for group_ in self.optimizer.param_groups:
+            group_["lr"] = lr
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # the scaler skips non-finite steps itself
+            self.scaler.update()
+        else:
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.bad_run = (self.bad_run + 1) * (~finite)
+        self.skipped += (~finite).float()
+
+        self.state.step += 1
+        self.state.target_tokens += tgt_tokens
+        return {**totals, "tokens": tokens, "tgt_tokens": torch.tensor(tgt_tokens),
+                "src_tokens": torch.tensor(src_tokens), "lr": torch.tensor(lr), "grad_norm": grad_norm}
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def check_non_finite(self) -> None:
+        """Stop after train.max_bad_steps non-finite updates in a row (they were skipped)."""
+        bad_run = int(self.bad_run.item())
+        if bad_run >= self.cfg.train.max_bad_steps:
+            raise TrainingStopped(
+                f"training stopped at step {self.state.step}: {bad_run} non-finite losses or gradients in a row "
+                "(skipped); lower train.lr, set train.clip_norm, or use fp32 — the last checkpoint is usable"
+            )
+
+    # --- the run ------------------------------------------------------------------
+
+    def run(self, progress: "Progress") -> TrainSummary:
+        cfg = self.cfg
+        metric = cfg.train.early_stopping_metric
+        save_every = cfg.train.save_every or cfg.train.valid_every
+        window = Window()
+        stopped_because = f"reached train.max_steps ({cfg.train.max_steps})"
+        batches = update_batches(self.sampler, self.accumulation, self.state, cfg.train.max_epochs)
+        start = time.perf_counter()
+        start_step = self.state.step
+        while self.state.step < cfg.train.max_steps:
+            group = next(batches, None)
+            if group is None:
+                stopped_because = f"reached train.max_epochs ({cfg.train.max_epochs})"
+                break
+            t0 = time.perf_counter()
+            window.add(self.optimizer_step(group), time.perf_counter() - t0)
+            step = self.state.step
+            if self.device.type == "cpu" or step % cfg.train.log_every == 0:
+                self.check_non_finite()  # free on the CPU; on a GPU only at log intervals
+            progress.tick(step, self.state.epoch, time.perf_counter() - start, step - start_step)
+
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                record = window.record(step, self.state.epoch, self.skipped)
+                self.state.train_seconds += window.seconds
+                self.write_metrics(record)
+                progress.line(record)
+                window = Window()
+
+            stop = False
+            if step % cfg.train.valid_every == 0 or step == cfg.train.max_steps:
+                improved, stop = self.validate_and_track(metric, progress)
+                if improved or step % save_every == 0 or step == cfg.train.max_steps or stop:
+                    self.save(best=improved)
+                if stop:
+                    stopped_because = (f"early stopping: no {metric} improvement in "
+                                       f"{cfg.train.patience} validations")
+            elif step % save_every == 0:
+                self.save()
+            if broadcast_flag(self.interrupted, self.info, self.device):
+                self.save()
+                stopped_because = f"interrupted at step {step}; continue with --resume"
+                break
+            if stop:
+                break
+        if self.state.step and not ckpt.step_checkpoint_path(self.out, self.state.step).exists():
+            self.save()
+        return TrainSummary(self.out, self.state.step, self.state.best_step, self.state.best_score,
+                            metric, stopped_because)
+
+    def validate_and_track(self, metric: str, progress: "Progress") -> tuple[bool, bool]:
+        """Validate on rank 0, log it, and decide (for every rank) whether this is the best so far."""
+        improved = False
+        if self.info.is_main:
+            from seq2seq.training.validation import validate
+
+            result = validate(self.model, self.prepared, self.cfg, self.device)
+            score = {"bleu": result["valid_bleu"], "chrf": result["valid_chrf"], "loss": result["valid_loss"]}[metric]
+            higher_is_better = metric != "loss"
+            best = self.state.best_score
+            improved = best is None or (score > best if higher_is_better else score < best)
+            if improved:
+                self.state.best_score, self.state.best_step = score, self.state.step
+                self.state.validations_without_improvement = 0
+            else:
+                self.state.validations_without_improvement += 1
+            if self.cfg.train.schedule == "plateau":
+                self.plateau.update(score, higher_is_better)
+            record = {"step": self.state.step, **result, "best_step": self.state.best_step,
+                      f"best_{metric}": self.state.best_score}
+            self.write_metrics(record)
+            progress.validation(record, metric)
+            self.plot_curve()
+        patience = self.cfg.train.patience
+        stop = patience is not None and self.state.validations_without_improvement >= patience
+        return (broadcast_flag(improved, self.info, self.device),
+                broadcast_flag(stop, self.info, self.device))
+
+    def write_metrics(self, record: dict[str, Any]) -> None:
+        if self.info.is_main:
+            with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def plot_curve(self) -> None:
+        from seq2seq.plots import learning_curve
+
+        records = read_metrics(self.out / METRICS_FILE)
+        if records:
+            learning_curve(self.out / CURVE_FILE, records)
+
+
+class Window:
+    """Figures accumulated between two log lines (kept on the device until read)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.seconds = 0.0
+        self.steps = 0
+        self.last_lr = 0.0
+
+    def add(self, figures: dict[str, torch.Tensor], seconds: float) -> None:
+        for key in ("loss", "nll", "correct", "tokens", "tgt_tokens", "src_tokens"):
+            self.sums[key] = self.sums.get(key, 0) + figures[key]
+        self.last_lr = figures["lr"]
+        self.seconds += seconds
+        self.steps += 1
+
+    def record(self, step: int, epoch: int, skipped: torch.Tensor) -> dict[str, Any]:
+        s = {k: float(v) for k, v in self.sums.items()}  # the one host sync per log interval
+        tokens = max(s["tokens"], 1.0)
+        seconds = max(self.seconds, 1e-9)
+        return {
+            "step": step, "epoch": epoch + 1,
+            "loss": s["loss"] / tokens,
+            "nll": s["nll"] / tokens,
+            "ppl": math.exp(min(s["nll"] / tokens, 50.0)),
+            "accuracy": s["correct"] / tokens,
+            "lr": float(self.last_lr),
+            "tokens_per_s": s["tgt_tokens"] / seconds,
+            "src_tokens_per_s": s["src_tokens"] / seconds,
+            "skipped_steps": int(skipped.item()),
+        }
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint we resume from; they will be logged again."""
+    if path.exists():
+        records = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+class Progress:
+    """A live status line on a terminal, plus one plain line per log interval (also for CI logs)."""
+
+    def __init__(self, max_steps: int, enabled: bool, stream=sys.stderr) -> None:
+        self.max_steps = max_steps
+        self.enabled = enabled
+        self.stream = stream
+        self.live = enabled and stream.isatty()
+        self.tokens_per_s = 0.0
+        # A log line first returns the cursor over the live status line it replaces.
+        self.clear = "\r" if self.live else ""
+
+    def tick(self, step: int, epoch: int, elapsed: float, steps_done: int) -> None:
+        if not self.live:
+            return
+        eta = elapsed / max(steps_done, 1) * (self.max_steps - step)
+        bar = "#" * int(20 * step / self.max_steps)
+        self.stream.write(f"\r[{bar:<20}] step {step}/{self.max_steps} ep {epoch + 1} "
+                          f"{self.tokens_per_s:,.0f} tok/s ETA {format_seconds(eta)}   ")
+        self.stream.flush()
+
+    def line(self, r: dict[str, Any]) -> None:
+        self.tokens_per_s = r["tokens_per_s"]
+        if not self.enabled:
+            return
+        skipped = f" | skipped {r['skipped_steps']} non-finite" if r["skipped_steps"] else ""
+        self.stream.write(
+            f"{self.clear}step {r['step']:>6}/{self.max_steps} | ep {r['epoch']} | loss {r['loss']:.3f}"
+            f" | ppl {r['ppl']:.1f} | acc {r['accuracy']:.1%} | lr {r['lr']:.2e}"
+            f" | {r['tokens_per_s']:,.0f} tgt tok/s{skipped}\n")
+        self.stream.flush()
+
+    def validation(self, r: dict[str, Any], metric: str) -> None:
+        if self.enabled:
+            self.stream.write(
+                f"{self.clear}valid @ {r['step']} | loss {r['valid_loss']:.3f} | ppl {r['valid_ppl']:.1f}"
+                f" | BLEU {r['valid_bleu']:.2f} | chrF {r['valid_chrf']:.2f}"
+                f" | best {metric} {r[f'best_{metric}']:.2f} @ {r['best_step']}\n")
+            self.stream.flush()
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+# ------------------------------------------------------------------------- entry point
+
+
+def train(cfg: Config, resume: bool = False, overwrite: bool = False,
+          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), quiet: bool = False) -> TrainSummary:
+    """Run (or continue) the training described by ``cfg``; returns where it ended."""
+    info = init_distributed()
+    try:
+        device = pick_device(cfg, info)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        main_log = log if info.is_main else (lambda m: None)
+        if info.is_main:
+            out = prepare_output_dir(cfg, resume, overwrite)
+            write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
+            prepared = prepare_data(cfg, log=main_log)
+        barrier(info)
+        if not info.is_main:
+            prepared = prepare_data(cfg, log=main_log)  # up to date now: only loads
+        seed_everything(cfg.train.seed)
+        trainer = Trainer(cfg, prepared, info, device, main_log)
+        if resume:
+            trainer.resume()
+        main_log(f"model: {describe_model(trainer.model)}")
+        main_log(f"training on {device} x{info.world_size}: {len(trainer.train_data):,} pairs, "
+                 f"{trainer.accumulation} micro-batch(es) of <= {cfg.train.batch_tokens} tokens per update "
+                 f"and rank, up to {cfg.train.max_steps} updates -> {cfg.output_dir}")
+        progress = Progress(cfg.train.max_steps, enabled=info.is_main and not quiet)
+        with interrupt_handler(trainer):
+            try:
+                summary = trainer.run(progress)
+            except TrainingStopped:
+                trainer.save()
+                raise
+            except torch.OutOfMemoryError:
+                raise UserError(
+                    f"out of memory at step {trainer.state.step} with train.batch_tokens="
+                    f"{cfg.train.batch_tokens}; lower train.batch_tokens (raise train.update_tokens to keep "
+                    "the update size)") from None
+        if info.is_main:
+            trainer.plot_curve()
+        return summary
+    finally:
+        cleanup(info)
+
+
+@contextlib.contextmanager
+def interrupt_handler(trainer: Trainer) -> Iterator[None]:
+    """First Ctrl-C/SIGTERM: finish the current step, save, stop. A second one: stop now."""
+
+    def handle(signum, frame):
+        if trainer.interrupted:
+            raise KeyboardInterrupt
+        trainer.interrupted = True
+        trainer.log("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort")
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
