@@ -118,6 +118,277 @@ def train(
            f"{best} at step {summary.best_step}; outputs in {summary.output_dir}")
 
 
+# ----------------------------------------------------------------------------- translate
+
+
+def open_model(checkpoints: list[Path], tokenizer: Path | None, device: str):
+    """One checkpoint, or an ensemble of several trained with the same tokenizer."""
+    from seq2seq.data.tokenizer import Tokenizer
+    from seq2seq.decoding.loading import check_same_vocabulary, load_model
+    from seq2seq.decoding.search import Ensemble
+
+    loaded = [load_model(path, device) for path in checkpoints]
+    for other in loaded[1:]:
+        check_same_vocabulary(loaded[0], other.tokenizer, str(other.path))
+    if tokenizer is not None:
+        check_same_vocabulary(loaded[0], Tokenizer.load(tokenizer), str(tokenizer))
+    model = loaded[0].model if len(loaded) == 1 else Ensemble([m.model for m in loaded])
+    return model, loaded[0]
+
+
+CheckpointOpt = Annotated[
+    list[Path],
+    typer.Option("--checkpoint", "-c", help="A checkpoint .pt or a run's output_dir (its best checkpoint); "
+                 "repeat to ensemble several.", show_default=False),
+]
+
+
+@app.command()
+@friendly_errors
+def translate(
+    checkpoint: CheckpointOpt,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Source text, one sentence per line (default: stdin).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where translations go (default: stdout).")] = None,
+    beam: Annotated[Optional[int], typer.Option(min=1, help="Beam size (default: the checkpoint's decode.beam_size).")] = None,
+    nbest: Annotated[int, typer.Option(min=1, help="Translations per input line (prefixed with the line number when > 1).")] = 1,
+    scores: Annotated[bool, typer.Option(help="Prefix each translation with its score.")] = False,
+    alignments: Annotated[bool, typer.Option(help="Append hard alignments (source-target piece pairs, Pharaoh i-j).")] = False,
+    length_penalty: Annotated[Optional[float], typer.Option(min=0.0, help="GNMT length penalty alpha.")] = None,
+    max_len_a: Annotated[Optional[float], typer.Option(min=0.0, help="Max output length = a * source length + b.")] = None,
+    max_len_b: Annotated[Optional[int], typer.Option(min=0)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Sentences per batch.")] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample translations instead of beam search.")] = False,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, help="Sample from the k most likely pieces (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
+    attention_plots: Annotated[Optional[Path], typer.Option(help="Write one attention heatmap PNG per sentence here.")] = None,
+    max_plots: Annotated[int, typer.Option(min=0, help="At most this many heatmaps.")] = 50,
+    attention_layer: Annotated[int, typer.Option(help="Transformer: cross-attention layer to plot (-1: last).")] = -1,
+    attention_head: Annotated[Optional[int], typer.Option(help="Transformer: head to plot (default: mean of heads).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Check this tokenizer folder against the checkpoint's.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Translate text with a trained model (streams stdin to stdout line by line)."""
+    import dataclasses
+    import os
+
+    from seq2seq.decoding.streaming import line_batches
+    from seq2seq.decoding.translator import TranslateSettings, Translator
+
+    model, loaded = open_model(checkpoint, tokenizer, device)
+    for m in getattr(model, "members", [model]):
+        m.attention_layer, m.attention_head = attention_layer, attention_head
+    decode = loaded.config.decode
+    overrides = {"beam_size": beam, "length_penalty": length_penalty, "max_len_a": max_len_a,
+                 "max_len_b": max_len_b, "batch_size": batch_size}
+    settings = TranslateSettings.from_config(dataclasses.replace(
+        decode, **{k: v for k, v in overrides.items() if v is not None}),
+        nbest=nbest, sampling=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        return_attention=bool(attention_plots or alignments))
+    tok = loaded.tokenizer
+    translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda m: eprint(f"warning: {m}"))
+
+    if input is not None and not input.is_file():
+        raise UserError(f"--input {input}: file not found")
+    if attention_plots is not None:
+        make_output_dir(attention_plots, "--attention-plots")
+    source_fd = os.open(input, os.O_RDONLY) if input else sys.stdin.fileno()
+    sink = AtomicOutput(output) if output else None
+    out = sink.file if sink else sys.stdout
+    line_no = plots = 0
+    try:
+        # Batches of several decoding batches, so length-sorting still pays on files.
+        for lines in line_batches(source_fd, settings.batch_size * 8, name=str(input or "stdin")):
+            for results in translator.translate(lines, first_line=line_no + 1):
+                line_no += 1
+                for result in results:
+                    fields = [str(line_no)] if nbest > 1 else []
+                    fields += [f"{result.score:.4f}"] if scores else []
+                    fields.append(result.text)
+                    fields += [result.alignment()] if alignments else []
+                    out.write("\t".join(fields) + "\n")
+                if attention_plots is not None and plots < max_plots and results[0].tokens:
+                    plot_attention(attention_plots / f"{line_no:05d}.png", results[0], tok)
+                    plots += 1
+            out.flush()
+    except BaseException:
+        if sink:
+            sink.discard()
+        raise
+    finally:
+        if input:
+            os.close(source_fd)
+    if sink:
+        sink.commit()
+    if output:
+        eprint(f"translated {line_no} lines -> {output}")
+
+
+def plot_attention(path: Path, result, tokenizer) -> None:
+    from seq2seq.plots import attention_heatmap
+
+    src = tokenizer.src_pieces(result.src_ids[:-1]) + ["</s>"]
+    tgt = tokenizer.tgt_pieces(result.tokens)
+    attention_heatmap(path, src, tgt, result.attention[: len(tgt)])
+
+
+def make_output_dir(path: Path, option: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: exists and is a file; choose a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot create it ({exc.strerror}); choose a writable directory") from None
+
+
+class AtomicOutput:
+    """Write to a temp file beside the target; replace the target only when all went well."""
+
+    def __init__(self, path: Path) -> None:
+        import os
+
+        if path.is_dir():
+            raise UserError(f"--output {path}: is a directory; give a file path")
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.tmp, "w", encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"--output {path}: cannot write there ({exc.strerror}); choose a writable path") from None
+
+    def commit(self) -> None:
+        import os
+
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def read_text_file(path: Path, option: str) -> list[str]:
+    from seq2seq.data.corpus import count_text_lines, read_lines
+
+    if not path.is_file():
+        raise UserError(f"{option} {path}: file not found")
+    count_text_lines(path)  # validates UTF-8 and rejects binary files, naming the line
+    return list(read_lines(path))
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    ref: Annotated[list[Path], typer.Option("--ref", "-r", help="Reference translations (repeat for several).", show_default=False)],
+    hyp: Annotated[Optional[Path], typer.Option("--hyp", help="Hypotheses to score (one per line).")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Translate --src with this checkpoint or run dir, then score.")] = None,
+    src: Annotated[Optional[Path], typer.Option("--src", help="Source text for --checkpoint.")] = None,
+    beam: Annotated[Optional[int], typer.Option(min=1, help="Beam size for --checkpoint.")] = None,
+    compare: Annotated[Optional[Path], typer.Option(help="Another system's hypotheses: paired bootstrap test against --hyp.")] = None,
+    report_dir: Annotated[Optional[Path], typer.Option(help="Where report.json/report.md go (default: <run>/eval or beside --hyp).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (for --checkpoint).")] = "cpu",
+) -> None:
+    """Score translations with sacrebleu (BLEU, chrF, TER + signatures) and write a report."""
+    import time
+
+    from seq2seq.evaluation.metrics import paired_bootstrap, score_corpus
+    from seq2seq.evaluation.report import append_results_csv, write_report
+
+    references = [read_text_file(path, "--ref") for path in ref]
+    meta: dict = {"references": [str(p) for p in ref]}
+    if checkpoint is not None:
+        if src is None:
+            raise UserError("--checkpoint needs --src (the source text to translate)")
+        if hyp is not None:
+            raise UserError("give either --hyp or --checkpoint/--src, not both")
+        from seq2seq.decoding.translator import TranslateSettings, Translator
+
+        model, loaded = open_model([checkpoint], None, device)
+        decode = loaded.config.decode
+        settings = TranslateSettings.from_config(decode)
+        if beam is not None:
+            settings.beam_size = beam
+        sources = read_text_file(src, "--src")
+        tok = loaded.tokenizer
+        translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda m: eprint(f"warning: {m}"))
+        start = time.perf_counter()
+        results = translator.translate(sources)
+        seconds = time.perf_counter() - start
+        hypotheses = [r[0].text for r in results]
+        pieces = sum(len(r[0].tokens) for r in results)
+        report_dir = report_dir or Path(loaded.config.output_dir) / "eval"
+        make_output_dir(report_dir, "--report-dir")
+        (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+        meta.update({
+            "checkpoint": str(loaded.path), "step": loaded.step, "source": str(src),
+            "config": {"arch": loaded.config.model.arch, "attention": loaded.config.model.attention,
+                       "output_dir": loaded.config.output_dir},
+            "decode": {"beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
+                       "max_len_a": settings.max_len_a, "max_len_b": settings.max_len_b},
+            "sentences_per_s": round(len(sources) / seconds, 2),
+            "tokens_per_s": round(pieces / seconds, 1),
+            "seconds": round(seconds, 2),
+        })
+        hyp_name = str(report_dir / "hypotheses.txt")
+    elif hyp is not None:
+        hypotheses = read_text_file(hyp, "--hyp")
+        hyp_name = str(hyp)
+        report_dir = report_dir or hyp.parent / "eval"
+    else:
+        raise UserError("nothing to score: pass --hyp FILE, or --checkpoint PATH with --src FILE")
+    metrics = score_corpus(hypotheses, references, hyps_file=hyp_name, refs_files=[str(p) for p in ref])
+    meta.update({"hypotheses": hyp_name, "sentences": len(hypotheses)})
+    if compare is not None:
+        other = read_text_file(compare, "--compare")
+        meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": hyp_name,
+                                    **paired_bootstrap(other, hypotheses, references)}
+    make_output_dir(report_dir, "--report-dir")
+    json_path, md_path = write_report(report_dir, metrics, meta)
+    append_results_csv(report_dir.parent / "results.csv", {
+        "hypotheses": hyp_name, "checkpoint": meta.get("checkpoint", ""),
+        "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2), "ter": round(metrics["ter"], 2),
+        "beam": meta.get("decode", {}).get("beam_size", ""), "sentences_per_s": meta.get("sentences_per_s", ""),
+    })
+    for name in ("bleu", "chrf", "ter"):
+        print(f"{name.upper():5} {metrics[name]:6.2f}  {metrics['signature'][name]}")
+    if compare is not None:
+        for name, r in meta["paired_bootstrap"].items():
+            if isinstance(r, dict):
+                print(f"paired bootstrap {name}: {compare} {r['a']:.2f} vs {hyp_name} {r['b']:.2f} "
+                      f"(p = {r['p_value']:.4f})")
+    eprint(f"report: {md_path}")
+
+
+# ----------------------------------------------------------------------------- average
+
+
+@app.command()
+@friendly_errors
+def average(
+    run_dir: Annotated[Path, typer.Argument(help="A run's output_dir.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the averaged checkpoint goes.", show_default=False)],
+    last: Annotated[int, typer.Option(min=1, help="Average the last N step checkpoints.")] = 2,
+) -> None:
+    """Average the weights of a run's last N checkpoints into one (often +0.5 BLEU for free)."""
+    from seq2seq.decoding.search import average_checkpoints
+    from seq2seq.training import checkpoint as ckpt
+
+    paths = ckpt.step_checkpoints(run_dir)[-last:]
+    if not paths:
+        raise UserError(f"{run_dir}: no step checkpoints to average; train first")
+    payloads = [ckpt.load_checkpoint(p) for p in paths]
+    averaged = dict(payloads[-1])
+    averaged["model"] = average_checkpoints([p["model"] for p in payloads])
+    averaged.pop("optimizer", None)  # an average is for translating, not for resuming
+    ckpt.save_atomic(averaged, output)
+    eprint(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {output}")
+
+
 def main() -> None:
     app()
 

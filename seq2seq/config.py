@@ -42,7 +42,7 @@ class TokenizerConfig:
     joint: bool = True
     character_coverage: float = field(default=1.0, metadata=_range(0.9, 1.0))
     # Sentences sampled to train SentencePiece; keeps memory bounded on huge corpora.
-    input_sentence_size: int = field(default=1_000_000, metadata=_range(100))
+    input_sentence_size: int = field(default=1_000_000, metadata=_range(1000))
 
 
 @dataclass

@@ -1,0 +1,57 @@
+"""Rebuild a translation model from a checkpoint alone (its config and tokenizer travel with it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from seq2seq.config import Config, config_from_dict
+from seq2seq.data.tokenizer import Tokenizer
+from seq2seq.errors import UserError
+from seq2seq.models.builder import build_model
+from seq2seq.training import checkpoint as ckpt
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: Tokenizer
+    config: Config
+    path: Path
+    step: int
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """A checkpoint file, or a run directory (its best checkpoint, else its latest)."""
+    path = ckpt.resolve_checkpoint(path)
+    payload = ckpt.load_checkpoint(path)
+    try:
+        cfg = config_from_dict(payload["config"])
+        tok = payload["tokenizer"]
+        tokenizer = Tokenizer.from_bytes(
+            ckpt.tensor_to_bytes(tok["src"]),
+            ckpt.tensor_to_bytes(tok["tgt"]) if tok["tgt"] is not None else None,
+        )
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path}: checkpoint lacks its config or tokenizer ({exc}); was it written by attn?") from None
+    model = build_model(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError:
+        raise UserError(f"{path}: the weights do not match the model its config describes; the file is damaged") from None
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, cfg, path, payload.get("run_state", {}).get("step", 0))
+
+
+def check_same_vocabulary(loaded: LoadedModel, tokenizer: Tokenizer, tokenizer_origin: str) -> None:
+    """Refuse a tokenizer other than the one the checkpoint was trained with."""
+    if tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
+        raise UserError(
+            f"{tokenizer_origin}: this tokenizer is not the one {loaded.path} was trained with "
+            f"(vocabulary {tokenizer.src_vocab_size}/{tokenizer.tgt_vocab_size} vs "
+            f"{loaded.tokenizer.src_vocab_size}/{loaded.tokenizer.tgt_vocab_size}); drop --tokenizer "
+            "to use the checkpoint's own"
+        )

@@ -1,0 +1,444 @@
+"""Search: turn a trained model into output sentences (greedy, beam, sampling).
+
+Every search works with any model that has the step interface (the models in
+``seq2seq.models`` and ``Ensemble`` below)::
+
+    encode(src [B,S]) -> encoded                 the encoder runs once per batch
+    init_state(encoded) -> state                 nested dicts/lists of tensors, batch on dim 0
+    step(prev [B], state) -> (logits [B,V], state, attention [B,S] or None)
+    reorder(state, indices [B']) -> state        index_select on dim 0 of every tensor
+    forward(src, tgt_in [B,T], return_attention=False) -> logits [B,T,V] (, attention [B,T,S])
+    tgt_vocab_size
+
+Rules shared by all searches, so that their scores can be compared and recomputed:
+
+* The first step is fed BOS. A hypothesis is scored with the model's own log-probabilities
+  of its pieces *and* of its final EOS.
+* Each sentence may produce at most ``floor(a * src_len + b)`` pieces, where ``src_len``
+  counts its non-PAD source ids (pieces + EOS). At that limit EOS is the only allowed next
+  token, so every hypothesis ends with a scored EOS.
+* ``min_len`` forbids EOS until that many pieces exist; PAD and BOS are never produced.
+  Forbidden tokens get -inf and the others keep their log-probabilities unchanged (not
+  renormalised), so a score stays the real model log-probability and ``forced_score``
+  recomputes it (up to float rounding).
+* Beam search divides scores by the GNMT length penalty ``((5 + n) / 6) ** alpha`` where
+  ``n`` is the number of scored tokens: the pieces plus the EOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seq2seq.data.special import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.errors import UserError
+
+
+@dataclass
+class Hypothesis:
+    """One output sentence of a search."""
+
+    tokens: list[int]  # output piece ids, without BOS and EOS
+    score: float  # total log-prob, EOS included; beam search divides it by the length penalty
+    attention: Tensor | None = None  # [len(tokens), source ids incl. EOS], on the CPU
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def max_output_length(src_lens: Tensor, a: float, b: int) -> Tensor:
+    """The most pieces (EOS not counted) each sentence may produce: floor(a * src_len + b)."""
+    return (a * src_lens.double() + b).floor().long()
+
+
+def gnmt_length_penalty(num_tokens: Tensor | int, alpha: float) -> Tensor | float:
+    """((5 + n) / 6) ** alpha from Wu et al. (2016); n counts the scored tokens, EOS included.
+
+    Dividing a total log-prob by it stops beam search from preferring short outputs just
+    because every extra token lowers the sum; alpha = 0 gives 1 (no normalisation).
+    """
+    return ((5.0 + num_tokens) / 6.0) ** alpha
+
+
+def restrict_next_tokens(log_probs: Tensor, num_pieces: int, min_len: int, max_lens: Tensor) -> Tensor:
+    """Set the log-prob of tokens that may not come next to -inf.
+
+    ``log_probs`` [N,V] scores the token after ``num_pieces`` pieces; ``max_lens`` [N] is
+    each row's piece limit. Rows at their limit may only end (EOS); other rows may not end
+    before ``min_len`` pieces. PAD and BOS never appear in training targets, so never here.
+    """
+    vocab = torch.arange(log_probs.size(-1), device=log_probs.device)
+    is_eos = vocab == EOS_ID
+    at_limit = (max_lens <= num_pieces).unsqueeze(1)
+    may_continue = (vocab != PAD_ID) & (vocab != BOS_ID) & (~is_eos | (num_pieces >= min_len))
+    allowed = torch.where(at_limit, is_eos, may_continue)
+    return log_probs.masked_fill(~allowed, float("-inf"))
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the k highest logits of each row (ties with the k-th included); k <= 0 keeps all."""
+    if k <= 0 or k >= logits.size(-1):
+        return logits
+    kth_best = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth_best, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filtering (Holtzman et al., 2020): keep the fewest most likely tokens whose
+    probabilities sum to at least p; p >= 1 keeps all."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # A token goes when the tokens ranked above it already reach p, so the best always stays.
+    drop_sorted = probs.cumsum(dim=-1) - probs >= p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _source_lengths(src: Tensor) -> Tensor:
+    return (src != PAD_ID).sum(dim=1)
+
+
+def _log_probs(logits: Tensor) -> Tensor:
+    # Scores accumulate in float32 even when the model runs in bf16/fp16.
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+# --------------------------------------------------------------------------- greedy and sampling
+
+
+def greedy_search(
+    model: nn.Module,
+    src: Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int = 0,
+    return_attention: bool = False,
+) -> list[Hypothesis]:
+    """The most likely next piece at every step, for a batch of sentences ``src`` [B,S].
+
+    Scores are total log-probs (no length penalty).
+    """
+
+    def most_likely(log_probs: Tensor) -> Tensor:
+        return log_probs.argmax(dim=-1)
+
+    return _one_token_per_step(model, src, max_len_a, max_len_b, min_len, most_likely, return_attention)
+
+
+def sample(
+    model: nn.Module,
+    src: Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    min_len: int = 0,
+    return_attention: bool = False,
+) -> list[Hypothesis]:
+    """Draw one random translation per sentence (diverse outputs, e.g. for back-translation).
+
+    Tokens are drawn from the model's distribution sharpened by ``temperature`` and cut by
+    ``top_k``/``top_p``; the score is the log-prob under the model itself (temperature 1,
+    no filtering) so it can be compared with other searches.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+
+    def draw(log_probs: Tensor) -> Tensor:
+        logits = top_p_filter(top_k_filter(log_probs / temperature, top_k), top_p)
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+    return _one_token_per_step(model, src, max_len_a, max_len_b, min_len, draw, return_attention)
+
+
+def _one_token_per_step(
+    model: nn.Module,
+    src: Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int,
+    choose: Callable[[Tensor], Tensor],
+    return_attention: bool,
+) -> list[Hypothesis]:
+    """The loop behind greedy search and sampling: ``choose`` picks a token per sentence."""
+    batch_size = src.size(0)
+    src_lens = _source_lengths(src)
+    max_lens = max_output_length(src_lens, max_len_a, max_len_b)
+    state = model.init_state(model.encode(src))
+    prev = src.new_full((batch_size,), BOS_ID)
+    scores = torch.zeros(batch_size, device=src.device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=src.device)
+    chosen: list[Tensor] = []
+    attentions: list[Tensor] = []
+    for num_pieces in range(int(max_lens.max()) + 1):
+        logits, state, attention = model.step(prev, state)
+        log_probs = restrict_next_tokens(_log_probs(logits), num_pieces, min_len, max_lens)
+        token = choose(log_probs)
+        # Finished sentences stay in the batch (simpler than shrinking it) but score nothing.
+        scores += log_probs.gather(1, token.unsqueeze(1)).squeeze(1).masked_fill(finished, 0.0)
+        token = token.masked_fill(finished, PAD_ID)
+        chosen.append(token)
+        if return_attention and attention is not None:
+            attentions.append(attention)
+        finished |= token == EOS_ID
+        if finished.all():
+            break
+        prev = token
+
+    all_attention = torch.stack(attentions, dim=1).float().cpu() if attentions else None
+    hypotheses = []
+    for i, (row, score, src_len) in enumerate(
+        zip(torch.stack(chosen, dim=1).tolist(), scores.tolist(), src_lens.tolist())
+    ):
+        length = row.index(EOS_ID)  # always there: EOS is forced at the length limit
+        attention = all_attention[i, :length, :src_len].clone() if all_attention is not None else None
+        hypotheses.append(Hypothesis(row[:length], score, attention))
+    return hypotheses
+
+
+# --------------------------------------------------------------------------- beam search
+
+
+@dataclass
+class _Finished:
+    """Hypotheses that ended (with EOS) at one step, kept aside as tensors until the end."""
+
+    sentence_ids: Tensor  # [F] index of the input sentence
+    tokens: Tensor  # [F, pieces]
+    scores: Tensor  # [F] after length penalty
+    attention: Tensor | None  # [F, pieces, S]
+
+
+def beam_search(
+    model: nn.Module,
+    src: Tensor,
+    beam_size: int,
+    length_penalty: float,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int = 0,
+    nbest: int = 1,
+    return_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """The ``nbest`` best translations of each sentence of ``src`` [B,S], best first.
+
+    All sentences and their beams decode together as one batch of B*k rows. Each step
+    scores every one-token extension of every live beam and keeps the 2k best per
+    sentence: candidates ending in EOS that rank among the first k become finished
+    hypotheses (length-normalised, kept aside), and the k best others stay live.
+
+    A sentence is done once it has ``beam_size`` finished hypotheses (as in fairseq; the
+    search does not go on looking for a longer one that the length penalty might prefer),
+    or at its length limit, where EOS is forced. Done sentences leave the batch, so the
+    rest decode faster. A sentence can end with fewer than ``nbest`` hypotheses.
+    """
+    if nbest > beam_size:
+        raise ValueError(f"nbest ({nbest}) cannot exceed beam_size ({beam_size})")
+    k = beam_size
+    vocab_size = model.tgt_vocab_size
+    device = src.device
+    src_lens = _source_lengths(src)
+
+    # Per live sentence (N of them; B at first):
+    sentence_ids = torch.arange(src.size(0), device=device)
+    max_lens = max_output_length(src_lens, max_len_a, max_len_b)
+    num_finished = torch.zeros_like(sentence_ids)
+    # Every sentence starts as k copies; only the first is live, or the k copies would
+    # propose the same candidates k times.
+    beam_scores = torch.full((src.size(0), k), float("-inf"), device=device)
+    beam_scores[:, 0] = 0.0
+    # Per live beam (N*k rows, sentence-major):
+    state = model.init_state(model.encode(src))
+    state = model.reorder(state, sentence_ids.repeat_interleave(k))
+    beam_tokens = src.new_empty((src.size(0) * k, 0))
+    beam_attention = src.new_zeros((src.size(0) * k, 0, src.size(1)), dtype=torch.float)
+
+    finished: list[_Finished] = []
+    for num_pieces in range(int(max_lens.max()) + 1):
+        num_live = beam_scores.size(0)
+        prev = beam_tokens[:, -1] if num_pieces else src.new_full((num_live * k,), BOS_ID)
+        logits, state, attention = model.step(prev, state)
+        log_probs = _log_probs(logits)
+        log_probs = restrict_next_tokens(log_probs, num_pieces, min_len, max_lens.repeat_interleave(k))
+
+        # Each beam proposes at most one EOS, so among the 2k best candidates at least k go on.
+        candidates = (beam_scores.view(-1, 1) + log_probs).view(num_live, k * vocab_size)
+        top_scores, top_ids = candidates.topk(2 * k, dim=1)
+        tokens = top_ids % vocab_size
+        rows = top_ids // vocab_size + torch.arange(num_live, device=device).unsqueeze(1) * k
+
+        ends = (tokens == EOS_ID) & top_scores.isfinite()
+        ends[:, k:] = False  # only an EOS ranked among the k best ends a hypothesis
+        ended_rows = rows[ends]
+        keep_attention = return_attention and attention is not None
+        finished.append(
+            _Finished(
+                sentence_ids=sentence_ids.repeat_interleave(ends.sum(dim=1)),
+                tokens=beam_tokens[ended_rows],
+                scores=top_scores[ends] / gnmt_length_penalty(num_pieces + 1, length_penalty),
+                attention=beam_attention[ended_rows] if keep_attention else None,
+            )
+        )
+        num_finished += ends.sum(dim=1)
+
+        # The k best candidates that did not end stay live; topk keeps them in score order.
+        beam_scores, live = top_scores.masked_fill(tokens == EOS_ID, float("-inf")).topk(k, dim=1)
+        live_rows = rows.gather(1, live)
+        live_tokens = tokens.gather(1, live)
+
+        done = (num_finished >= k) | (max_lens <= num_pieces)
+        num_done = int(done.sum())  # the explicit host sync of the step
+        if num_done == num_live:
+            break
+        if num_done:  # done sentences leave the batch
+            keep = (~done).nonzero().squeeze(1)
+            beam_scores, live_rows, live_tokens = (x[keep] for x in (beam_scores, live_rows, live_tokens))
+            sentence_ids, max_lens, num_finished = (x[keep] for x in (sentence_ids, max_lens, num_finished))
+
+        live_rows = live_rows.view(-1)
+        state = model.reorder(state, live_rows)
+        beam_tokens = torch.cat([beam_tokens[live_rows], live_tokens.view(-1, 1)], dim=1)
+        if keep_attention:
+            step_attention = attention[live_rows].float().unsqueeze(1)
+            beam_attention = torch.cat([beam_attention[live_rows], step_attention], dim=1)
+
+    return _best_per_sentence(finished, src_lens.tolist(), nbest)
+
+
+def _best_per_sentence(finished: list[_Finished], src_lens: list[int], nbest: int) -> list[list[Hypothesis]]:
+    """Group the finished hypotheses by sentence, best first, at most ``nbest`` each."""
+    per_sentence: list[list[Hypothesis]] = [[] for _ in src_lens]
+    for part in finished:
+        attentions = part.attention.cpu() if part.attention is not None else [None] * len(part.scores)
+        for sentence, tokens, score, attention in zip(
+            part.sentence_ids.tolist(), part.tokens.tolist(), part.scores.tolist(), attentions
+        ):
+            if attention is not None:
+                attention = attention[:, : src_lens[sentence]].clone()
+            per_sentence[sentence].append(Hypothesis(tokens, score, attention))
+    return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in per_sentence]
+
+
+# --------------------------------------------------------------------------- rescoring
+
+
+def forced_score(
+    model: nn.Module, src: Tensor, hypotheses: Sequence[Sequence[int]], length_penalty: float
+) -> list[float]:
+    """Score given outputs by teacher forcing, exactly as the searches score them.
+
+    ``hypotheses[i]`` is the piece ids (no BOS/EOS) for sentence ``src[i]``; the score is
+    the total log-prob of the pieces plus EOS, divided by the GNMT length penalty.
+    """
+    lengths = torch.tensor([len(h) + 1 for h in hypotheses], device=src.device)
+    tgt_in = src.new_full((len(hypotheses), int(lengths.max())), PAD_ID)
+    tgt_out = tgt_in.clone()
+    for i, pieces in enumerate(hypotheses):
+        tgt_in[i, : len(pieces) + 1] = torch.tensor([BOS_ID, *pieces])
+        tgt_out[i, : len(pieces) + 1] = torch.tensor([*pieces, EOS_ID])
+    log_probs = _log_probs(model(src, tgt_in)).gather(2, tgt_out.unsqueeze(2)).squeeze(2)
+    is_target = torch.arange(tgt_out.size(1), device=src.device) < lengths.unsqueeze(1)
+    totals = log_probs.masked_fill(~is_target, 0.0).sum(dim=1)
+    return (totals / gnmt_length_penalty(lengths, length_penalty)).tolist()
+
+
+# --------------------------------------------------------------------------- several models
+
+
+class Ensemble(nn.Module):
+    """Several models with one target vocabulary, searched as if they were one.
+
+    The next-token distribution is the average of the members' log-probabilities (their
+    normalised geometric mean). ``step`` and ``forward`` return it already normalised, so
+    the searches' own log_softmax leaves it unchanged. The state is a list of member states.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        vocab_sizes = sorted({m.tgt_vocab_size for m in models})
+        if len(vocab_sizes) != 1:
+            raise UserError(
+                f"ensemble members have different target vocabularies (sizes {vocab_sizes}); "
+                "ensemble only checkpoints trained with the same tokenizer"
+            )
+        self.members = nn.ModuleList(models)
+        self.tgt_vocab_size = vocab_sizes[0]
+
+    def encode(self, src: Tensor) -> list[Any]:
+        return [m.encode(src) for m in self.members]
+
+    def init_state(self, encoded: list[Any]) -> list[Any]:
+        return [m.init_state(e) for m, e in zip(self.members, encoded)]
+
+    def reorder(self, state: list[Any], indices: Tensor) -> list[Any]:
+        return [m.reorder(s, indices) for m, s in zip(self.members, state)]
+
+    def step(self, prev_tokens: Tensor, state: list[Any]) -> tuple[Tensor, list[Any], Tensor | None]:
+        logits, states, attentions = zip(*(m.step(prev_tokens, s) for m, s in zip(self.members, state)))
+        return _average_log_probs(logits), list(states), _average_attention(attentions)
+
+    def forward(self, src: Tensor, tgt_in: Tensor, return_attention: bool = False) -> Any:
+        outputs = [m(src, tgt_in, return_attention=return_attention) for m in self.members]
+        if not return_attention:
+            return _average_log_probs(outputs)
+        logits, attentions = zip(*outputs)
+        return _average_log_probs(logits), _average_attention(attentions)
+
+
+def _average_log_probs(logits: Sequence[Tensor]) -> Tensor:
+    mean = torch.stack([_log_probs(x) for x in logits]).mean(dim=0)
+    return F.log_softmax(mean, dim=-1)
+
+
+def _average_attention(attentions: Sequence[Tensor | None]) -> Tensor | None:
+    """Mean attention for plots and alignments; None when some member has none."""
+    if any(a is None for a in attentions):
+        return None
+    return torch.stack([a.float() for a in attentions]).mean(dim=0)
+
+
+def average_checkpoints(state_dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Element-wise mean of the floating-point tensors of several model state dicts.
+
+    Averaging the last checkpoints of a run smooths out the noise of the final updates.
+    Integer tensors and other values (counters, ids) cannot be averaged: they come from the
+    first dict. The inputs are left unchanged.
+    """
+    if not state_dicts:
+        raise UserError("no checkpoints to average; pass at least one checkpoint file")
+    first = state_dicts[0]
+    for number, other in enumerate(state_dicts[1:], start=2):
+        _check_same_parameters(first, other, number)
+    averaged = {}
+    for name, value in first.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            # Summing in float64 keeps the mean of identical tensors bit-identical.
+            total = sum(sd[name].double() for sd in state_dicts)
+            averaged[name] = (total / len(state_dicts)).to(value.dtype)
+        else:
+            averaged[name] = value.clone() if isinstance(value, Tensor) else value
+    return averaged
+
+
+def _check_same_parameters(first: dict[str, Any], other: dict[str, Any], number: int) -> None:
+    if other.keys() != first.keys():
+        differing = sorted(other.keys() ^ first.keys())
+        raise UserError(
+            f"checkpoint {number} has different parameters than checkpoint 1 "
+            f"(e.g. {differing[0]}); average only checkpoints of the same model"
+        )
+    for name, value in first.items():
+        if isinstance(value, Tensor) and value.shape != other[name].shape:
+            raise UserError(
+                f"checkpoint {number}: parameter {name} has shape {tuple(other[name].shape)} "
+                f"but {tuple(value.shape)} in checkpoint 1; average only checkpoints of the same model"
+            )

@@ -1,0 +1,190 @@
+"""Translate lines of text: batching, search, and putting the results back in input order.
+
+``Translator`` sits between the text world (tokenizer callbacks) and the tensor world
+(``search``): it encodes lines to piece ids, groups sentences of similar length into batches
+(less padding, and beam search stops early for a whole batch at once), decodes each batch,
+and returns the results in input order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from seq2seq.config import DecodeConfig
+from seq2seq.data.special import EOS_ID, PAD_ID
+from seq2seq.decoding.search import Hypothesis, beam_search, sample
+from seq2seq.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TranslateSettings:
+    """How to translate: the ``decode`` config section plus per-command options."""
+
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    min_len: int = 1
+    batch_size: int = 64
+    nbest: int = 1  # translations per input line (beam: the best ones; sampling: draws)
+    sampling: bool = False  # draw random translations instead of beam search
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None  # for sampling; None draws a different sample every run
+    return_attention: bool = False
+    max_source_len: int = 1024  # source pieces; longer lines are truncated with a warning
+
+    @classmethod
+    def from_config(cls, decode: DecodeConfig, **options: object) -> TranslateSettings:
+        return cls(**dataclasses.asdict(decode), **options)
+
+
+@dataclass
+class TranslationResult:
+    """One translation of one input line."""
+
+    text: str
+    tokens: list[int]  # output piece ids, without BOS and EOS
+    score: float  # log-prob; divided by the length penalty for beam search
+    src_ids: list[int]  # ids fed to the encoder: source pieces (after truncation) + EOS
+    attention: Tensor | None = None  # [len(tokens), len(src_ids)]: rows outputs, columns sources
+
+    def alignment(self) -> str:
+        """Pharaoh alignment ``i-j`` of source piece i to output piece j (EOS left out)."""
+        if self.attention is None:
+            return ""
+        return pharaoh(hard_alignments(self.attention[:, :-1]))
+
+
+class Translator:
+    """Translates batches of lines with a model that has the step interface.
+
+    ``src_encode`` maps lines to source piece ids (without EOS); ``tgt_decode`` maps output
+    piece ids back to text. ``warn`` receives one message per truncated line.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        src_encode: Callable[[list[str]], list[list[int]]],
+        tgt_decode: Callable[[list[int]], str],
+        settings: TranslateSettings,
+        warn: Callable[[str], None] = log.warning,
+    ):
+        if settings.nbest > settings.beam_size and not settings.sampling:
+            raise UserError(
+                f"nbest {settings.nbest} is larger than decode.beam_size {settings.beam_size}; "
+                "raise decode.beam_size or lower nbest"
+            )
+        self.model = model
+        self.src_encode = src_encode
+        self.tgt_decode = tgt_decode
+        self.settings = settings
+        self.warn = warn
+        # Models with learned positions cannot read arbitrarily long sources.
+        model_limit = getattr(model, "max_source_positions", None)
+        self.max_source_len = settings.max_source_len
+        if model_limit is not None:
+            self.max_source_len = min(self.max_source_len, model_limit - 1)  # room for EOS
+
+    def translate(self, lines: list[str], first_line: int = 1) -> list[list[TranslationResult]]:
+        """Translations of each line, best first, in input order.
+
+        Empty lines get one empty translation without running the model. ``first_line`` is
+        the number of ``lines[0]`` in its file, for the truncation warnings.
+        """
+        sources = [
+            self._source_ids(pieces, line_number)
+            for line_number, pieces in enumerate(self.src_encode(lines), start=first_line)
+        ]
+        results = [[TranslationResult("", [], 0.0, [])] for _ in lines]
+        to_decode = [i for i, line in enumerate(lines) if line.strip() and len(sources[i]) > 1]
+        # Longest first: similar lengths share a batch, and running out of memory shows early.
+        to_decode.sort(key=lambda i: len(sources[i]), reverse=True)
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(to_decode), self.settings.batch_size):
+                    batch = to_decode[start : start + self.settings.batch_size]
+                    for i, hypotheses in zip(batch, self._decode([sources[i] for i in batch])):
+                        results[i] = [self._result(h, sources[i]) for h in hypotheses]
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _source_ids(self, pieces: list[int], line_number: int) -> list[int]:
+        if len(pieces) > self.max_source_len:
+            self.warn(
+                f"input line {line_number}: {len(pieces)} source pieces, truncated to the first "
+                f"{self.max_source_len} (the maximum source length)"
+            )
+            pieces = pieces[: self.max_source_len]
+        return [*pieces, EOS_ID]
+
+    def _decode(self, sources: list[list[int]]) -> list[list[Hypothesis]]:
+        s = self.settings
+        src = _pad(sources, device=_device_of(self.model))
+        if not s.sampling:
+            return beam_search(
+                self.model, src, s.beam_size, s.length_penalty, s.max_len_a, s.max_len_b,
+                min_len=s.min_len, nbest=s.nbest, return_attention=s.return_attention,
+            )  # fmt: skip
+        generator = None
+        if s.seed is not None:
+            generator = torch.Generator(device=src.device).manual_seed(s.seed)
+        draws = sample(
+            self.model, src.repeat_interleave(s.nbest, dim=0), s.max_len_a, s.max_len_b,
+            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator,
+            min_len=s.min_len, return_attention=s.return_attention,
+        )  # fmt: skip
+        per_sentence = [draws[i : i + s.nbest] for i in range(0, len(draws), s.nbest)]
+        return [sorted(group, key=lambda h: h.score, reverse=True) for group in per_sentence]
+
+    def _result(self, hypothesis: Hypothesis, src_ids: list[int]) -> TranslationResult:
+        return TranslationResult(
+            text=self.tgt_decode(hypothesis.tokens),
+            tokens=hypothesis.tokens,
+            score=hypothesis.score,
+            src_ids=src_ids,
+            attention=hypothesis.attention,
+        )
+
+
+def _pad(sequences: list[list[int]], device: torch.device) -> Tensor:
+    batch = torch.full((len(sequences), max(map(len, sequences))), PAD_ID, dtype=torch.long)
+    for i, ids in enumerate(sequences):
+        batch[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return batch.to(device)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- alignments
+
+
+def hard_alignments(attention: Tensor) -> list[tuple[int, int]]:
+    """For each output piece j, the source piece i it attends to most: pairs (i, j).
+
+    ``attention`` is [target, source], as stored in ``TranslationResult``.
+    """
+    return [(i, j) for j, i in enumerate(attention.argmax(dim=1).tolist())]
+
+
+def pharaoh(pairs: list[tuple[int, int]]) -> str:
+    """Alignment pairs in Pharaoh format, e.g. ``0-0 2-1 1-2`` (source-target, 0-based)."""
+    return " ".join(f"{i}-{j}" for i, j in pairs)

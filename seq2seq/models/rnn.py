@@ -1,0 +1,245 @@
+"""RNN encoder-decoder with attention (Bahdanau et al. 2015; Luong et al. 2015).
+
+Encoder: embeddings -> a (bi)directional RNN, tanh / LSTM / GRU cells. Its outputs are the
+attention keys and values; a bidirectional encoder uses hidden_dim // 2 units per direction
+so that its outputs are hidden_dim wide, like the decoder's state.
+
+Decoder, one target position at a time, in one of two styles:
+
+    bahdanau  attend with the previous state s_{t-1}; the cell reads [y_{t-1}; c_t]
+    luong     the cell reads y_{t-1} (and, with input feeding, the previous h~); attend with
+              its new output h_t
+
+Both then form the attentional state h~_t = tanh(W_c [c_t; h_t]) and project it to the
+target vocabulary (through the tied input embedding when model.tie_embeddings).
+
+Every state tensor keeps the batch on dim 0 (see state.py), so the decoder state stores the
+RNN state as [B, layers, H] and converts to nn.RNN's [layers, B, H] around each call.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from seq2seq.config import ModelConfig
+from seq2seq.data.special import PAD_ID
+from seq2seq.models.attention import build_attention, context_size
+from seq2seq.models.state import reorder_state
+
+RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+# What nn.RNN / nn.GRU (one tensor) or nn.LSTM (an (h, c) pair) take and return: [layers, B, H].
+RNNHidden = Tensor | tuple[Tensor, Tensor]
+
+
+def to_layers_first(hidden: tuple[Tensor, ...]) -> RNNHidden:
+    """The state's (h,) or (h, c), each [B, layers, H] -> the layout nn.RNN/GRU/LSTM expect."""
+    layers_first = tuple(h.transpose(0, 1).contiguous() for h in hidden)
+    return layers_first if len(layers_first) == 2 else layers_first[0]
+
+
+def to_batch_first(hidden: RNNHidden) -> tuple[Tensor, ...]:
+    """nn.RNN/GRU/LSTM's hidden state -> (h,) or (h, c), each [B, layers, H]."""
+    parts = hidden if isinstance(hidden, tuple) else (hidden,)
+    return tuple(h.transpose(0, 1) for h in parts)
+
+
+def top_layer(hidden: RNNHidden) -> Tensor:
+    """The top layer's h (not an LSTM's c): [B, H]."""
+    h = hidden[0] if isinstance(hidden, tuple) else hidden
+    return h[-1]
+
+
+class RNNEncoder(nn.Module):
+    """Embeds the source and runs a packed (bi)directional RNN over its real tokens."""
+
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
+        super().__init__()
+        self.embedding = embedding
+        self.directions = 2 if cfg.bidirectional else 1
+        self.output_dim = self.directions * (cfg.hidden_dim // self.directions)
+        self.rnn = RNN_CELLS[cfg.arch](
+            cfg.embed_dim,
+            cfg.hidden_dim // self.directions,
+            num_layers=cfg.encoder_layers,
+            bidirectional=cfg.bidirectional,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """-> outputs [B,S,H] (zero on padding), final top-layer (h,) or (h, c), each [B,H]."""
+        embedded = self.dropout(self.embedding(src))
+        # Packing makes the RNN stop at each sentence's end, so padding never changes the
+        # outputs or the final state (the backward direction starts at the real last token).
+        lengths = src_mask.sum(dim=1).cpu()
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        packed_outputs, final = self.rnn(packed)
+        outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=src.size(1))
+        finals = final if isinstance(final, tuple) else (final,)
+        return outputs, tuple(self._top_layer(state) for state in finals)
+
+    def _top_layer(self, state: Tensor) -> Tensor:
+        """[layers * directions, B, h] -> the top layer, directions concatenated: [B, directions * h]."""
+        top = state[-self.directions :]
+        return top.transpose(0, 1).reshape(state.size(1), -1)
+
+
+class Bridge(nn.Module):
+    """Decoder initial state from the encoder's final one: tanh(W s + b), for every layer.
+
+    One projection per state tensor (h, and c for an LSTM); each maps the encoder's top layer
+    to all decoder layers at once, so encoder and decoder depths may differ.
+    """
+
+    def __init__(self, encoder_dim: int, hidden_dim: int, layers: int, num_states: int):
+        super().__init__()
+        self.layers = layers
+        self.projections = nn.ModuleList(nn.Linear(encoder_dim, layers * hidden_dim) for _ in range(num_states))
+
+    def forward(self, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """(h,) or (h, c), each [B, encoder_dim] -> the same, each [B, layers, hidden_dim]."""
+        return tuple(
+            torch.tanh(project(final)).view(final.size(0), self.layers, -1)
+            for project, final in zip(self.projections, finals)
+        )
+
+
+class RNNDecoder(nn.Module):
+    """Attentional RNN decoder, Bahdanau or Luong style (see the module docstring)."""
+
+    def __init__(self, cfg: ModelConfig, embedding: nn.Embedding, encoder_dim: int, vocab_size: int):
+        super().__init__()
+        self.embedding = embedding
+        self.style = cfg.decoder_style
+        self.input_feeding = cfg.decoder_style == "luong" and cfg.input_feeding
+        self.layers = cfg.decoder_layers
+        self.hidden_dim = cfg.hidden_dim
+        context_dim = context_size(cfg.attention, encoder_dim)
+        extra_input = {"bahdanau": context_dim, "luong": cfg.hidden_dim if self.input_feeding else 0}
+        self.rnn = RNN_CELLS[cfg.arch](
+            cfg.embed_dim + extra_input[self.style],
+            cfg.hidden_dim,
+            num_layers=cfg.decoder_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.decoder_layers > 1 else 0.0,
+        )
+        self.attention = build_attention(cfg.attention, cfg.hidden_dim, encoder_dim, cfg.window, cfg.local_score)
+        self.attentional = nn.Linear(context_dim + cfg.hidden_dim, cfg.hidden_dim, bias=False)
+        num_states = 2 if cfg.arch == "lstm" else 1
+        self.bridge = Bridge(encoder_dim, cfg.hidden_dim, cfg.decoder_layers, num_states) if cfg.bridge else None
+        # A tied output matrix is the embedding table, so it reads embed_dim-wide vectors.
+        needs_projection = cfg.tie_embeddings and cfg.hidden_dim != cfg.embed_dim
+        self.to_embedding = nn.Linear(cfg.hidden_dim, cfg.embed_dim, bias=False) if needs_projection else nn.Identity()
+        self.output = nn.Linear(cfg.embed_dim if cfg.tie_embeddings else cfg.hidden_dim, vocab_size)
+        if cfg.tie_embeddings:
+            self.output.weight = embedding.weight
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def init_state(self, encoded: dict) -> dict:
+        memory = encoded["memory"]
+        batch = memory.size(0)
+        if self.bridge is not None:
+            hidden = self.bridge(encoded["final"])
+        else:
+            hidden = tuple(memory.new_zeros(batch, self.layers, self.hidden_dim) for _ in encoded["final"])
+        state = {
+            "keys": self.attention.precompute(memory),  # once per sentence, not once per step
+            "values": memory,
+            "mask": encoded["mask"],
+            "hidden": hidden,
+            "step": 0,
+        }
+        if self.input_feeding:
+            state["feed"] = memory.new_zeros(batch, 1, self.hidden_dim)
+        return state
+
+    def forward(self, tgt_in: Tensor, state: dict) -> tuple[Tensor, Tensor]:
+        """Teacher forcing over the whole target: -> logits [B,T,V], attention weights [B,T,S]."""
+        embedded = self.dropout(self.embedding(tgt_in))
+        hidden = to_layers_first(state["hidden"])
+        if self.style == "luong" and not self.input_feeding:
+            # Nothing flows from one step's attention into the next: one RNN call over the whole
+            # target, then one batched attention for all steps.
+            outputs, _ = self.rnn(embedded, hidden)
+            context, weights = self._attend(outputs, state, first_step=state["step"])
+            attentional = torch.tanh(self.attentional(torch.cat([context, outputs], dim=-1)))
+        else:
+            attentional_t = state.get("feed")  # read back only by Luong input feeding
+            outputs, step_weights = [], []
+            for t in range(tgt_in.size(1)):
+                attentional_t, hidden, weights_t = self._decode_step(
+                    embedded[:, t : t + 1], hidden, attentional_t, state, state["step"] + t
+                )
+                outputs.append(attentional_t)
+                step_weights.append(weights_t)
+            attentional, weights = torch.cat(outputs, dim=1), torch.cat(step_weights, dim=1)
+        return self._logits(attentional), weights
+
+    def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:
+        """One target position: prev_tokens [B] -> logits [B,V], new state, weights [B,S]."""
+        embedded = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
+        hidden = to_layers_first(state["hidden"])
+        attentional, hidden, weights = self._decode_step(embedded, hidden, state.get("feed"), state, state["step"])
+        new_state = {**state, "hidden": to_batch_first(hidden), "step": state["step"] + 1}
+        if self.input_feeding:
+            new_state["feed"] = attentional
+        return self._logits(attentional).squeeze(1), new_state, weights.squeeze(1)
+
+    def _decode_step(
+        self, embedded: Tensor, hidden: RNNHidden, feed: Tensor | None, state: dict, step: int
+    ) -> tuple[Tensor, RNNHidden, Tensor]:
+        """One position; embedded [B,1,E] -> attentional state [B,1,H], new hidden, weights [B,1,S]."""
+        if self.style == "bahdanau":
+            context, weights = self._attend(top_layer(hidden).unsqueeze(1), state, step)
+            output, hidden = self.rnn(torch.cat([embedded, context], dim=-1), hidden)
+        else:
+            rnn_input = torch.cat([embedded, feed], dim=-1) if self.input_feeding else embedded
+            output, hidden = self.rnn(rnn_input, hidden)
+            context, weights = self._attend(output, state, step)
+        attentional = torch.tanh(self.attentional(torch.cat([context, output], dim=-1)))
+        return attentional, hidden, weights
+
+    def _attend(self, queries: Tensor, state: dict, first_step: int) -> tuple[Tensor, Tensor]:
+        return self.attention(queries, state["keys"], state["values"], state["mask"], first_step)
+
+    def _logits(self, attentional: Tensor) -> Tensor:
+        return self.output(self.to_embedding(self.dropout(attentional)))
+
+
+class RNNSeq2Seq(nn.Module):
+    """The RNN encoder-decoder behind attn's model interface (encode, init_state, step, ...)."""
+
+    def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
+        super().__init__()
+        self.config = cfg
+        self.src_vocab_size = src_vocab_size
+        self.tgt_vocab_size = tgt_vocab_size
+        self.max_source_positions: int | None = None  # an RNN reads any length
+        src_embedding = nn.Embedding(src_vocab_size, cfg.embed_dim)
+        tgt_embedding = src_embedding if cfg.share_vocab else nn.Embedding(tgt_vocab_size, cfg.embed_dim)
+        self.encoder = RNNEncoder(cfg, src_embedding)
+        self.decoder = RNNDecoder(cfg, tgt_embedding, self.encoder.output_dim, tgt_vocab_size)
+
+    def encode(self, src: Tensor) -> dict:
+        mask = src != PAD_ID
+        memory, final = self.encoder(src, mask)
+        return {"memory": memory, "mask": mask, "final": final}
+
+    def init_state(self, encoded: dict) -> dict:
+        return self.decoder.init_state(encoded)
+
+    def forward(
+        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        logits, attention = self.decoder(tgt_in, self.init_state(self.encode(src)))
+        return (logits, attention) if return_attention else logits
+
+    def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:
+        return self.decoder.step(prev_tokens, state)
+
+    def reorder(self, state: dict, indices: Tensor) -> dict:
+        return reorder_state(state, indices)

@@ -1,0 +1,65 @@
+"""Validation during training: loss and perplexity, then BLEU/chrF of real translations.
+
+Perplexity alone can improve while translations do not (or the reverse), so every validation
+also decodes the valid set (greedy by default, ``train.valid_beam_size`` for beam) and scores
+it with sacrebleu exactly as ``attn evaluate`` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+
+import torch
+from torch import nn
+
+from seq2seq.config import Config
+from seq2seq.data.batching import TokenBatchSampler, collate
+from seq2seq.data.corpus import corpus_paths, read_lines
+from seq2seq.data.prepare import PreparedData
+from seq2seq.decoding.translator import TranslateSettings, Translator
+from seq2seq.evaluation.metrics import score_corpus
+from seq2seq.training.loss import label_smoothed_nll
+
+
+@torch.inference_mode()
+def validation_loss(model: nn.Module, prepared: PreparedData, batch_tokens: int, device: torch.device) -> tuple[float, int]:
+    """Mean NLL per target token on the valid split (no label smoothing, no dropout)."""
+    data = prepared.dataset("valid")
+    sampler = TokenBatchSampler(data.src_lengths, data.tgt_lengths, batch_tokens, seed=0, shuffle=False)
+    nll = torch.zeros((), device=device)
+    tokens = 0
+    for indices in sampler.batches(0):
+        batch = collate(data, indices)
+        logits = model(batch.src.to(device), batch.tgt_in.to(device))
+        nll += label_smoothed_nll(logits, batch.tgt_out.to(device), 0.0).nll
+        tokens += batch.n_tgt_tokens
+    return float(nll) / max(tokens, 1), tokens
+
+
+def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torch.device) -> dict[str, float]:
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        loss, _ = validation_loss(model, prepared, cfg.train.batch_tokens, device)
+        src_path, ref_path = corpus_paths(cfg.data.valid, cfg.data.src_lang, cfg.data.tgt_lang)
+        limit = cfg.train.valid_max_sentences
+        sources = list(itertools.islice(read_lines(src_path), limit))
+        references = list(itertools.islice(read_lines(ref_path), limit))
+        tok = prepared.tokenizer
+        settings = dataclasses.replace(TranslateSettings.from_config(cfg.decode), beam_size=cfg.train.valid_beam_size)
+        translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda message: None)
+        hypotheses = [best[0].text for best in translator.translate(sources)]
+        scores = score_corpus(hypotheses, [references], hyps_file="valid translations", refs_files=[str(ref_path)])
+    finally:
+        model.train(was_training)
+    return {
+        "valid_loss": loss,
+        "valid_ppl": math.exp(min(loss, 50.0)),
+        "valid_bleu": scores["bleu"],
+        "valid_chrf": scores["chrf"],
+        "valid_seconds": time.perf_counter() - start,
+    }

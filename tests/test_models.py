@@ -1,0 +1,239 @@
+"""Every architecture through attn's model interface: gradients, padding, causality, and
+incremental decoding against teacher forcing."""
+
+import pytest
+import torch
+
+from seq2seq.config import ModelConfig
+from seq2seq.data.special import BOS_ID, PAD_ID
+from seq2seq.errors import UserError
+from seq2seq.models.builder import build_model, count_parameters, describe_model
+from tests.synthetic import make_reverse_batch
+
+SRC_VOCAB = 20
+TGT_VOCAB = 23  # differs from SRC_VOCAB for share_vocab: false models, to catch mix-ups
+
+RNN_BASE = dict(embed_dim=16, hidden_dim=24, encoder_layers=1, decoder_layers=1, window=2, dropout=0.1)
+RNN_CASES = {
+    "gru-additive-bahdanau": dict(arch="gru", attention="additive", decoder_style="bahdanau"),
+    "lstm-additive-luong-feed": dict(arch="lstm", attention="additive", decoder_style="luong", encoder_layers=2),
+    "rnn-dot-luong": dict(arch="rnn", attention="dot", decoder_style="luong", input_feeding=False),
+    "gru-dot-bahdanau-unidirectional": dict(arch="gru", attention="dot", decoder_style="bahdanau", bidirectional=False),
+    "lstm-general-bahdanau-2layers": dict(arch="lstm", attention="general", decoder_style="bahdanau", decoder_layers=2),
+    "gru-general-luong-untied": dict(
+        arch="gru", attention="general", decoder_style="luong", input_feeding=False,
+        tie_embeddings=False, share_vocab=False,
+    ),
+    "rnn-scaled_dot-bahdanau-nobridge": dict(arch="rnn", attention="scaled_dot", decoder_style="bahdanau", bridge=False),
+    "lstm-scaled_dot-luong-feed-nobridge": dict(arch="lstm", attention="scaled_dot", decoder_style="luong", bridge=False),
+    "gru-local_m-dot-luong": dict(arch="gru", attention="local_m", local_score="dot", input_feeding=False),
+    "lstm-local_m-additive-bahdanau": dict(
+        arch="lstm", attention="local_m", local_score="additive", decoder_style="bahdanau", share_vocab=False
+    ),
+    "rnn-local_p-general-luong-feed": dict(arch="rnn", attention="local_p", local_score="general"),
+    "gru-local_p-scaled_dot-luong": dict(
+        arch="gru", attention="local_p", local_score="scaled_dot", input_feeding=False, decoder_layers=2
+    ),
+    "lstm-none-luong-feed": dict(arch="lstm", attention="none", decoder_style="luong"),
+    "gru-none-bahdanau": dict(arch="gru", attention="none", decoder_style="bahdanau", encoder_layers=2),
+}
+TRANSFORMER_BASE = dict(
+    arch="transformer", hidden_dim=16, heads=2, ffn_dim=32, encoder_layers=2, decoder_layers=2, window=1, dropout=0.1
+)
+TRANSFORMER_CASES = {
+    "transformer-scaled_dot-pre": dict(attention="scaled_dot", norm="pre"),
+    "transformer-scaled_dot-post-learned-gelu": dict(
+        attention="scaled_dot", norm="post", positions="learned", activation="gelu"
+    ),
+    "transformer-local-pre-silu-untied": dict(
+        attention="local", norm="pre", activation="silu", tie_embeddings=False, share_vocab=False
+    ),
+    "transformer-local-post-learned": dict(attention="local", norm="post", positions="learned", share_vocab=False),
+}
+CASES = {name: {**RNN_BASE, **case} for name, case in RNN_CASES.items()}
+CASES |= {name: {**TRANSFORMER_BASE, **case} for name, case in TRANSFORMER_CASES.items()}
+
+
+def make_model(name: str) -> torch.nn.Module:
+    cfg = ModelConfig(**CASES[name])
+    torch.manual_seed(0)
+    tgt_vocab = SRC_VOCAB if cfg.share_vocab else TGT_VOCAB
+    return build_model(cfg, SRC_VOCAB, tgt_vocab)
+
+
+def make_batch(n: int = 4, seed: int = 0):
+    """Sentences of different lengths (3..7 pieces), so every batch has padding."""
+    return make_reverse_batch(n, SRC_VOCAB, 3, 7, torch.Generator().manual_seed(seed))
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+all_models = pytest.mark.parametrize("name", list(CASES))
+
+
+@all_models
+def test_forward_backward_reaches_every_parameter(name):
+    model = make_model(name).train()
+    src, tgt_in, tgt_out = make_batch()
+    logits = model(src, tgt_in)
+    assert logits.shape == (*tgt_in.shape, model.tgt_vocab_size)
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID).backward()
+    # No exceptions needed: the bridge feeds "none" models, and local_p's Gaussian carries
+    # gradients to its position predictor.
+    for parameter_name, parameter in model.named_parameters():
+        assert parameter.grad is not None, parameter_name
+        assert parameter.grad.abs().sum() > 0, parameter_name
+
+
+@all_models
+def test_padding_does_not_change_real_positions(name):
+    model = make_model(name).eval()
+    src, tgt_in, _ = make_batch()
+    with torch.no_grad():
+        logits, attention = model(src, tgt_in, return_attention=True)
+        padded_src = torch.nn.functional.pad(src, (0, 5), value=PAD_ID)
+        padded_tgt = torch.nn.functional.pad(tgt_in, (0, 3), value=PAD_ID)
+        padded_logits, padded_attention = model(padded_src, padded_tgt, return_attention=True)
+    length, src_length = tgt_in.size(1), src.size(1)
+    assert max_diff(padded_logits[:, :length], logits) < 1e-5
+    assert max_diff(padded_attention[:, :length, :src_length], attention) < 1e-5
+    assert torch.all(padded_attention[:, :, src_length:] == 0.0)
+
+
+@all_models
+def test_attention_weights_are_zero_on_padding_and_sum_to_one(name):
+    model = make_model(name).eval()
+    src, tgt_in, _ = make_batch()
+    with torch.no_grad():
+        _, attention = model(src, tgt_in, return_attention=True)
+    assert attention.shape == (src.size(0), tgt_in.size(1), src.size(1))
+    assert torch.all(attention[(src == PAD_ID).unsqueeze(1).expand_as(attention)] == 0.0)
+    sums = attention.sum(dim=-1)
+    match CASES[name]["attention"]:
+        case "none":
+            assert torch.all(sums == 0.0)
+        case "local_p":  # Luong's Gaussian is applied after the softmax: at most 1
+            assert torch.all(sums <= 1.0 + 1e-5) and torch.all(sums > 0.0)
+        case _:
+            assert max_diff(sums, torch.ones_like(sums)) < 1e-5
+
+
+@all_models
+def test_future_target_tokens_do_not_change_earlier_outputs(name):
+    model = make_model(name).eval()
+    src, tgt_in, _ = make_batch()
+    changed = tgt_in.clone()
+    position = 3
+    changed[:, position] = (tgt_in[:, position] + 1) % SRC_VOCAB
+    with torch.no_grad():
+        before, after = model(src, tgt_in), model(src, changed)
+    # Output t predicts the token after input t: outputs before the changed input must not move.
+    assert max_diff(before[:, :position], after[:, :position]) < 1e-6
+    assert max_diff(before[:, position], after[:, position]) > 1e-4  # the change is seen
+
+
+@all_models
+def test_step_by_step_decoding_matches_teacher_forcing_across_a_reorder(name):
+    model = make_model(name).eval()
+    src, tgt_in, _ = make_batch(n=5)
+    with torch.no_grad():
+        expected_logits, expected_attention = model(src, tgt_in, return_attention=True)
+        state = model.init_state(model.encode(src))
+        rows = torch.arange(src.size(0))  # which original sentence each state row holds
+        assert torch.all(tgt_in[:, 0] == BOS_ID)
+        for t in range(tgt_in.size(1)):
+            if t == 3:
+                permutation = torch.tensor([4, 2, 0, 3, 1])
+                state = model.reorder(state, permutation)
+                rows = rows[permutation]
+            logits, state, attention = model.step(tgt_in[rows, t], state)
+            assert max_diff(logits, expected_logits[rows, t]) < 1e-4, t
+            assert max_diff(attention, expected_attention[rows, t]) < 1e-4, t
+
+
+@all_models
+def test_reorder_expands_a_batch_for_beam_search(name):
+    model = make_model(name).eval()
+    src, tgt_in, _ = make_batch(n=3)
+    beam = 2
+    with torch.no_grad():
+        expected = model(src, tgt_in)
+        state = model.init_state(model.encode(src))
+        state = model.reorder(state, torch.arange(3).repeat_interleave(beam))
+        for t in range(tgt_in.size(1)):
+            logits, state, _ = model.step(tgt_in[:, t].repeat_interleave(beam), state)
+            assert max_diff(logits, expected[:, t].repeat_interleave(beam, dim=0)) < 1e-4
+
+
+def test_transformer_local_encoder_sees_only_its_window():
+    cfg = ModelConfig(**{**TRANSFORMER_BASE, "attention": "local", "encoder_layers": 1, "window": 1})
+    model = build_model(cfg, SRC_VOCAB, SRC_VOCAB).eval()
+    src = torch.tensor([[5, 6, 7, 8, 9, 10, 3]])
+    changed = src.clone()
+    changed[0, 5] = 11
+    with torch.no_grad():
+        before, after = model.encode(src)["memory"], model.encode(changed)["memory"]
+    # One layer, half-width 1: position 5 reaches positions 4..6 only.
+    assert max_diff(before[0, :4], after[0, :4]) == 0.0
+    assert max_diff(before[0, 4:], after[0, 4:]) > 1e-4
+
+
+def test_transformer_returns_the_chosen_layer_and_head():
+    model = make_model("transformer-scaled_dot-pre").eval()
+    src, tgt_in, _ = make_batch()
+    with torch.no_grad():
+        _, mean_last = model(src, tgt_in, return_attention=True)
+        model.attention_layer, model.attention_head = 0, 1
+        _, first_layer_head = model(src, tgt_in, return_attention=True)
+        _, _, stepped = model.step(tgt_in[:, 0], model.init_state(model.encode(src)))
+    assert max_diff(mean_last, first_layer_head) > 1e-3
+    assert max_diff(stepped, first_layer_head[:, 0]) < 1e-5
+
+
+def test_tied_output_shares_the_embedding_matrix_even_when_sizes_differ():
+    model = make_model("gru-additive-bahdanau")  # embed 16, hidden 24: a projection bridges them
+    assert model.decoder.output.weight is model.decoder.embedding.weight
+    assert model.decoder.embedding is model.encoder.embedding  # share_vocab
+    untied = make_model("gru-general-luong-untied")
+    assert untied.decoder.output.weight is not untied.decoder.embedding.weight
+    assert untied.decoder.embedding is not untied.encoder.embedding
+
+
+def test_interface_attributes():
+    rnn, learned = make_model("lstm-local_m-additive-bahdanau"), make_model("transformer-local-post-learned")
+    assert (rnn.src_vocab_size, rnn.tgt_vocab_size) == (SRC_VOCAB, TGT_VOCAB)
+    assert rnn.max_source_positions is None
+    assert learned.max_source_positions == ModelConfig().max_positions
+    assert make_model("transformer-scaled_dot-pre").max_source_positions is None  # sinusoidal
+
+
+def test_count_parameters_counts_shared_matrices_once():
+    model = make_model("transformer-scaled_dot-pre")
+    counts = count_parameters(model)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    assert counts["total"] == sum(unique.values())
+    assert counts["total"] == counts["embeddings"] + counts["encoder"] + counts["decoder"]
+    assert counts["embeddings"] == SRC_VOCAB * 16  # one table: source, target and output
+    assert "parameters" in describe_model(model)
+
+
+def test_share_vocab_with_different_vocabularies_is_a_user_error():
+    cfg = ModelConfig(**{**RNN_BASE, "share_vocab": True})
+    with pytest.raises(UserError, match="model.share_vocab.*data.tokenizer.joint: true"):
+        build_model(cfg, 20, 30)
+
+
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (dict(arch="transformer", attention="additive", hidden_dim=16, heads=2), "model.attention"),
+        (dict(arch="gru", attention="local"), "model.attention"),
+        (dict(arch="gru", bidirectional=True, hidden_dim=25), "model.hidden_dim"),
+        (dict(arch="gru", attention="none", bridge=False), "model.bridge"),
+    ],
+)
+def test_unsupported_combinations_name_the_key(overrides, key):
+    with pytest.raises(UserError, match=key):
+        build_model(ModelConfig(**{**RNN_BASE, **overrides}), SRC_VOCAB, SRC_VOCAB)

@@ -1,0 +1,305 @@
+"""Search, ensembling, checkpoint averaging and the Translator, on tiny toy models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from seq2seq.data.special import EOS_ID, PAD_ID
+from seq2seq.decoding.search import (
+    Ensemble,
+    average_checkpoints,
+    beam_search,
+    forced_score,
+    gnmt_length_penalty,
+    greedy_search,
+    max_output_length,
+    sample,
+    top_k_filter,
+    top_p_filter,
+)
+from seq2seq.decoding.translator import TranslateSettings, Translator, hard_alignments, pharaoh
+from seq2seq.errors import UserError
+from tests.toy_model import A, B, C, ToyAttentionGRU, TransitionModel, random_batch
+
+# Max length floor(1.5 * src_len + 3): small enough to keep the tests fast.
+LIMITS = dict(max_len_a=1.5, max_len_b=3)
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.inference_mode():
+        yield
+
+
+@pytest.fixture(scope="module")
+def model() -> ToyAttentionGRU:
+    # Seed 3 gives a mix of outputs that end early and outputs that hit the length limit.
+    return ToyAttentionGRU(seed=3).eval()
+
+
+@pytest.fixture(scope="module")
+def src() -> torch.Tensor:
+    return random_batch(8, seed=1)
+
+
+def only_real_positions(src: torch.Tensor, i: int) -> torch.Tensor:
+    """Sentence i alone, without the padding it had in the batch."""
+    return src[i : i + 1, : int((src[i] != PAD_ID).sum())]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_max_output_length_is_per_sentence():
+    assert max_output_length(torch.tensor([1, 4, 7]), 1.5, 2).tolist() == [3, 8, 12]
+
+
+def test_gnmt_length_penalty():
+    assert gnmt_length_penalty(7, 0.0) == 1.0
+    assert gnmt_length_penalty(7, 1.0) == pytest.approx(2.0)
+    assert gnmt_length_penalty(7, 0.5) == pytest.approx(math.sqrt(2.0))
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
+    assert top_k_filter(logits, 2).isfinite().tolist() == [[False, True, True, False]]
+    assert top_k_filter(logits, 0).equal(logits)
+    probs = torch.tensor([[0.1, 0.5, 0.3, 0.1]])
+    # 0.5 alone is short of 0.7; with 0.3 the mass reaches it, so two tokens stay.
+    assert top_p_filter(probs.log(), 0.7).isfinite().tolist() == [[False, True, True, False]]
+    assert top_p_filter(probs.log(), 0.01).isfinite().tolist() == [[False, True, False, False]]
+
+
+# --------------------------------------------------------------------------- known answers
+
+
+def test_beam_finds_the_better_sequence_that_greedy_misses():
+    table = TransitionModel()
+    src = torch.tensor([[A, B, EOS_ID]])
+    greedy = greedy_search(table, src, **LIMITS)[0]
+    best = beam_search(table, src, beam_size=2, length_penalty=0.0, **LIMITS)[0][0]
+    assert greedy.tokens == [A, C]
+    assert best.tokens == [B]
+    assert best.score == pytest.approx(math.log(0.4 * 0.9), abs=1e-4)
+    assert best.score > greedy.score
+
+
+def test_beam_size_one_equals_greedy_when_eos_ranks_second():
+    # After "A", EOS is the second best token: with one beam it must not end a hypothesis.
+    table = TransitionModel()
+    src = torch.tensor([[A, B, EOS_ID]])
+    (best,) = beam_search(table, src, beam_size=1, length_penalty=0.0, **LIMITS)[0]
+    assert best.tokens == greedy_search(table, src, **LIMITS)[0].tokens == [A, C]
+
+
+def test_min_len_forbids_early_eos():
+    table = TransitionModel()
+    src = torch.tensor([[A, B, EOS_ID]])
+    assert beam_search(table, src, 2, 0.0, **LIMITS)[0][0].tokens == [B]  # ends after 1 piece
+    for min_len in (2, 3):
+        nbest = beam_search(table, src, 3, 0.0, **LIMITS, min_len=min_len, nbest=3)[0]
+        assert nbest and all(len(h.tokens) >= min_len for h in nbest)
+        assert len(greedy_search(table, src, **LIMITS, min_len=min_len)[0].tokens) >= min_len
+        generator = torch.Generator().manual_seed(0)
+        draws = sample(table, src.repeat(20, 1), **LIMITS, min_len=min_len, generator=generator)
+        assert all(len(h.tokens) >= min_len for h in draws)
+
+
+def test_max_length_is_respected(model, src):
+    limits = max_output_length((src != PAD_ID).sum(1), 1.5, 3).tolist()
+    beams = beam_search(model, src, 4, 1.0, **LIMITS, nbest=4)
+    greedy = greedy_search(model, src, **LIMITS)
+    for limit, nbest, first in zip(limits, beams, greedy):
+        assert all(len(h.tokens) <= limit for h in nbest)
+        assert len(first.tokens) <= limit
+    # This model likes long outputs: some reach the limit (and were ended by the forced EOS).
+    assert any(len(h.tokens) == limit for limit, h in zip(limits, greedy))
+    # b alone, with a = 0: every output has at most 2 pieces.
+    short = beam_search(model, src, 3, 1.0, max_len_a=0.0, max_len_b=2, nbest=3)
+    assert all(len(h.tokens) <= 2 for nbest in short for h in nbest)
+
+
+# --------------------------------------------------------------------------- consistency
+
+
+def test_beam_size_one_equals_greedy(model, src):
+    greedy = greedy_search(model, src, **LIMITS, return_attention=True)
+    beams = beam_search(model, src, 1, 0.0, **LIMITS, return_attention=True)
+    for g, (b,) in zip(greedy, beams):
+        assert g.tokens == b.tokens
+        assert g.score == pytest.approx(b.score, abs=1e-5)
+        torch.testing.assert_close(g.attention, b.attention)
+
+
+def test_batched_beam_equals_one_sentence_at_a_time(model, src):
+    batched = beam_search(model, src, 4, 1.0, **LIMITS, nbest=4)
+    for i, nbest in enumerate(batched):
+        alone = beam_search(model, only_real_positions(src, i), 4, 1.0, **LIMITS, nbest=4)[0]
+        assert [h.tokens for h in nbest] == [h.tokens for h in alone]
+        assert [h.score for h in nbest] == pytest.approx([h.score for h in alone], abs=1e-5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_nbest_is_sorted_and_scores_match_forced_scoring(model, src, alpha):
+    beams = beam_search(model, src, 5, alpha, **LIMITS, nbest=5)
+    for i, nbest in enumerate(beams):
+        scores = [h.score for h in nbest]
+        assert len(nbest) >= 2 and scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in nbest}) == len(nbest)
+        same_source = src[i : i + 1].expand(len(nbest), -1)
+        rescored = forced_score(model, same_source, [h.tokens for h in nbest], alpha)
+        assert scores == pytest.approx(rescored, abs=1e-4)
+
+
+def test_attention_has_one_row_per_output_piece(model, src):
+    src_lens = (src != PAD_ID).sum(1).tolist()
+    for src_len, (h,) in zip(src_lens, beam_search(model, src, 3, 1.0, **LIMITS, return_attention=True)):
+        assert h.attention.shape == (len(h.tokens), src_len)
+        torch.testing.assert_close(h.attention.sum(1), torch.ones(len(h.tokens)))
+
+
+def test_sampling_with_top_k_1_equals_greedy(model, src):
+    greedy = greedy_search(model, src, **LIMITS)
+    sampled = sample(model, src, **LIMITS, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert [h.tokens for h in sampled] == [h.tokens for h in greedy]
+    assert [h.score for h in sampled] == pytest.approx([h.score for h in greedy], abs=1e-5)
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator(model, src):
+    def draw(seed):
+        return [h.tokens for h in sample(model, src, **LIMITS, generator=torch.Generator().manual_seed(seed))]
+
+    assert draw(1) == draw(1)
+    assert draw(1) != draw(2)
+
+
+# --------------------------------------------------------------------------- ensembles and averaging
+
+
+def test_ensemble_of_one_model_equals_the_model(model, src):
+    alone = beam_search(model, src, 3, 1.0, **LIMITS, nbest=3)
+    ensembled = beam_search(Ensemble([model]), src, 3, 1.0, **LIMITS, nbest=3)
+    for a, e in zip(alone, ensembled):
+        assert [h.tokens for h in a] == [h.tokens for h in e]
+        assert [h.score for h in a] == pytest.approx([h.score for h in e], abs=1e-5)
+
+
+def test_ensemble_of_two_identical_models_equals_either(model, src):
+    twin = ToyAttentionGRU(seed=3).eval()
+    alone = beam_search(model, src, 3, 1.0, **LIMITS, return_attention=True)
+    ensembled = beam_search(Ensemble([model, twin]), src, 3, 1.0, **LIMITS, return_attention=True)
+    for (a,), (e,) in zip(alone, ensembled):
+        assert a.tokens == e.tokens
+        assert a.score == pytest.approx(e.score, abs=1e-5)
+        torch.testing.assert_close(a.attention, e.attention)
+
+
+def test_ensemble_step_returns_normalised_log_probs(model, src):
+    ensemble = Ensemble([model, ToyAttentionGRU(seed=4)])
+    state = ensemble.init_state(ensemble.encode(src))
+    logits, _, _ = ensemble.step(torch.full((src.size(0),), 2), state)
+    torch.testing.assert_close(logits.logsumexp(-1), torch.zeros(src.size(0)))
+    torch.testing.assert_close(logits.log_softmax(-1), logits)
+
+
+def test_ensemble_refuses_different_vocabularies(model):
+    with pytest.raises(UserError, match="vocabular"):
+        Ensemble([model, ToyAttentionGRU(vocab_size=13)])
+
+
+def test_average_checkpoints():
+    one = {"weight": torch.tensor([1.0, 2.0]), "steps": torch.tensor(3)}
+    two = {"weight": torch.tensor([3.0, 6.0]), "steps": torch.tensor(9)}
+    same = average_checkpoints([one, one, one])
+    assert same["weight"].equal(one["weight"]) and same["steps"].equal(one["steps"])
+    mean = average_checkpoints([one, two])
+    assert mean["weight"].tolist() == [2.0, 4.0]
+    assert mean["steps"].item() == 3  # integers cannot be averaged: taken from the first
+    assert one["weight"].tolist() == [1.0, 2.0]  # inputs untouched
+    with pytest.raises(UserError, match="checkpoint 2"):
+        average_checkpoints([one, {"weight": torch.zeros(2)}])
+    with pytest.raises(UserError, match="shape"):
+        average_checkpoints([one, {"weight": torch.zeros(3), "steps": torch.tensor(1)}])
+
+
+# --------------------------------------------------------------------------- translator
+
+
+def make_translator(model, warnings=None, **options) -> Translator:
+    settings = TranslateSettings(**{**LIMITS, "min_len": 0, **options})
+    return Translator(
+        model,
+        src_encode=lambda lines: [[int(word) for word in line.split()] for line in lines],
+        tgt_decode=lambda ids: " ".join(map(str, ids)),
+        settings=settings,
+        warn=(warnings.append if warnings is not None else print),
+    )
+
+
+LINES = ["4 5 6", "7 8 9 10 11 4 5", "6", "", "9 9 8 7", "  ", "11 10"]
+
+
+def test_translator_restores_input_order_and_skips_empty_lines(model):
+    translator = make_translator(model, beam_size=3, batch_size=2, nbest=2)
+    results = translator.translate(LINES)
+    assert len(results) == len(LINES)
+    for line, nbest in zip(LINES, results):
+        if not line.strip():
+            assert [(r.text, r.tokens) for r in nbest] == [("", [])]
+            continue
+        alone = translator.translate([line])[0]
+        assert len(nbest) == 2
+        assert [r.text for r in nbest] == [r.text for r in alone]
+        assert nbest[0].src_ids == [int(w) for w in line.split()] + [EOS_ID]
+
+
+def test_translator_never_runs_the_model_for_empty_lines():
+    class Unusable(torch.nn.Module):
+        tgt_vocab_size = 12
+
+        def encode(self, src):
+            raise AssertionError("the model should not run")
+
+    results = make_translator(Unusable()).translate(["", "   "])
+    assert [[r.text for r in nbest] for nbest in results] == [[""], [""]]
+
+
+def test_translator_truncates_overlong_lines_with_a_warning(model):
+    warnings: list[str] = []
+    translator = make_translator(model, max_source_len=4, return_attention=True, beam_size=2)
+    translator.warn = warnings.append
+    results = translator.translate(["4 5 6", "4 5 6 7 8 9 10"], first_line=10)
+    assert len(warnings) == 1 and "line 11" in warnings[0] and "7" in warnings[0]
+    result = results[1][0]
+    assert result.src_ids == [4, 5, 6, 7, EOS_ID]
+    assert result.attention.shape == (len(result.tokens), 5)
+    assert len(result.alignment().split()) == len(result.tokens)
+
+
+def test_translator_sampling_gives_nbest_draws(model):
+    translator = make_translator(model, sampling=True, nbest=3, seed=7, top_k=4)
+    first, again = translator.translate(LINES[:3]), translator.translate(LINES[:3])
+    assert [[r.tokens for r in nbest] for nbest in first] == [[r.tokens for r in nbest] for nbest in again]
+    assert all(len(nbest) == 3 for nbest in first)
+
+
+def test_translator_refuses_nbest_above_beam_size(model):
+    with pytest.raises(UserError, match="beam_size"):
+        make_translator(model, beam_size=2, nbest=3)
+
+
+def test_hard_alignments_on_a_hand_made_matrix():
+    attention = torch.tensor(
+        [
+            [0.7, 0.2, 0.1],  # target 0 <- source 0
+            [0.1, 0.1, 0.8],  # target 1 <- source 2
+            [0.2, 0.5, 0.3],  # target 2 <- source 1
+            [0.1, 0.6, 0.3],  # target 3 <- source 1
+        ]
+    )
+    pairs = hard_alignments(attention)
+    assert pairs == [(0, 0), (2, 1), (1, 2), (1, 3)]
+    assert pharaoh(pairs) == "0-0 2-1 1-2 1-3"
