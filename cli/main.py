@@ -272,15 +272,6 @@ class AtomicOutput:
 # ----------------------------------------------------------------------------- evaluate
 
 
-def read_text_file(path: Path, option: str) -> list[str]:
-    from seq2seq.data.corpus import count_text_lines, read_lines
-
-    if not path.is_file():
-        raise UserError(f"{option} {path}: file not found")
-    count_text_lines(path)  # validates UTF-8 and rejects binary files, naming the line
-    return list(read_lines(path))
-
-
 @app.command()
 @friendly_errors
 def evaluate(
@@ -294,74 +285,41 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu or cuda (for --checkpoint).")] = "cpu",
 ) -> None:
     """Score translations with sacrebleu (BLEU, chrF, TER + signatures) and write a report."""
-    import time
-
+    from seq2seq.evaluation.evaluate import read_text_file, results_row, translate_and_score
     from seq2seq.evaluation.metrics import paired_bootstrap, score_corpus
     from seq2seq.evaluation.report import append_results_csv, write_report
 
-    references = [read_text_file(path, "--ref") for path in ref]
-    meta: dict = {"references": [str(p) for p in ref]}
-    if checkpoint is not None:
-        if src is None:
-            raise UserError("--checkpoint needs --src (the source text to translate)")
-        if hyp is not None:
-            raise UserError("give either --hyp or --checkpoint/--src, not both")
-        from seq2seq.decoding.translator import TranslateSettings, Translator
-
-        model, loaded = open_model([checkpoint], None, device)
-        decode = loaded.config.decode
-        settings = TranslateSettings.from_config(decode)
-        if beam is not None:
-            settings.beam_size = beam
-        sources = read_text_file(src, "--src")
-        tok = loaded.tokenizer
-        translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda m: eprint(f"warning: {m}"))
-        start = time.perf_counter()
-        results = translator.translate(sources)
-        seconds = time.perf_counter() - start
-        hypotheses = [r[0].text for r in results]
-        pieces = sum(len(r[0].tokens) for r in results)
-        report_dir = report_dir or Path(loaded.config.output_dir) / "eval"
+    if report_dir is not None:
         make_output_dir(report_dir, "--report-dir")
-        (report_dir / "hypotheses.txt").write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
-        meta.update({
-            "checkpoint": str(loaded.path), "step": loaded.step, "source": str(src),
-            "config": {"arch": loaded.config.model.arch, "attention": loaded.config.model.attention,
-                       "output_dir": loaded.config.output_dir},
-            "decode": {"beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
-                       "max_len_a": settings.max_len_a, "max_len_b": settings.max_len_b},
-            "sentences_per_s": round(len(sources) / seconds, 2),
-            "tokens_per_s": round(pieces / seconds, 1),
-            "seconds": round(seconds, 2),
-        })
-        hyp_name = str(report_dir / "hypotheses.txt")
+    if checkpoint is not None:
+        if src is None or hyp is not None:
+            raise UserError("--checkpoint needs --src (the source text to translate) and no --hyp")
+        if compare is not None:
+            raise UserError("--compare works with --hyp; translate both systems first")
+        report, report_dir = translate_and_score(checkpoint, src, ref, beam, report_dir, device,
+                                                 warn=lambda m: eprint(f"warning: {m}"))
     elif hyp is not None:
+        references = [read_text_file(path, "--ref") for path in ref]
         hypotheses = read_text_file(hyp, "--hyp")
-        hyp_name = str(hyp)
+        metrics = score_corpus(hypotheses, references, hyps_file=str(hyp), refs_files=[str(p) for p in ref])
+        meta = {"hypotheses": str(hyp), "references": [str(p) for p in ref], "sentences": len(hypotheses)}
+        if compare is not None:
+            other = read_text_file(compare, "--compare")
+            meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": str(hyp),
+                                        **paired_bootstrap(other, hypotheses, references)}
         report_dir = report_dir or hyp.parent / "eval"
+        make_output_dir(report_dir, "--report-dir")
+        write_report(report_dir, metrics, meta)
+        append_results_csv(report_dir.parent / "results.csv", results_row(metrics, meta))
+        report = {**metrics, **meta}
     else:
         raise UserError("nothing to score: pass --hyp FILE, or --checkpoint PATH with --src FILE")
-    metrics = score_corpus(hypotheses, references, hyps_file=hyp_name, refs_files=[str(p) for p in ref])
-    meta.update({"hypotheses": hyp_name, "sentences": len(hypotheses)})
-    if compare is not None:
-        other = read_text_file(compare, "--compare")
-        meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": hyp_name,
-                                    **paired_bootstrap(other, hypotheses, references)}
-    make_output_dir(report_dir, "--report-dir")
-    json_path, md_path = write_report(report_dir, metrics, meta)
-    append_results_csv(report_dir.parent / "results.csv", {
-        "hypotheses": hyp_name, "checkpoint": meta.get("checkpoint", ""),
-        "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2), "ter": round(metrics["ter"], 2),
-        "beam": meta.get("decode", {}).get("beam_size", ""), "sentences_per_s": meta.get("sentences_per_s", ""),
-    })
     for name in ("bleu", "chrf", "ter"):
-        print(f"{name.upper():5} {metrics[name]:6.2f}  {metrics['signature'][name]}")
-    if compare is not None:
-        for name, r in meta["paired_bootstrap"].items():
-            if isinstance(r, dict):
-                print(f"paired bootstrap {name}: {compare} {r['a']:.2f} vs {hyp_name} {r['b']:.2f} "
-                      f"(p = {r['p_value']:.4f})")
-    eprint(f"report: {md_path}")
+        print(f"{name.upper():5} {report[name]:6.2f}  {report['signature'][name]}")
+    for name, r in report.get("paired_bootstrap", {}).items():
+        if isinstance(r, dict):
+            print(f"paired bootstrap {name}: {compare} {r['a']:.2f} vs {hyp} {r['b']:.2f} (p = {r['p_value']:.4f})")
+    eprint(f"report: {report_dir / 'report.md'}")
 
 
 # ----------------------------------------------------------------------------- average
@@ -387,6 +345,27 @@ def average(
     averaged.pop("optimizer", None)  # an average is for translating, not for resuming
     ckpt.save_atomic(averaged, output)
     eprint(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {output}")
+
+
+# ----------------------------------------------------------------------------- experiment
+
+
+@app.command()
+@friendly_errors
+def experiment(
+    sweep: Annotated[Path, typer.Argument(help="The sweep YAML (base config + grid of overrides).", show_default=False)],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points and stop.")] = False,
+) -> None:
+    """Run a sweep: tokenize -> train -> evaluate per point, then a leaderboard (md, csv, png)."""
+    from seq2seq.experiment import describe_points, load_sweep, run_sweep
+
+    plan = load_sweep(sweep)
+    print(describe_points(plan))
+    if dry_run:
+        return
+    leaderboard = run_sweep(plan, log=eprint)
+    print(leaderboard.read_text(), end="")
+    eprint(f"leaderboard: {leaderboard} (+ .csv, .png)")
 
 
 def main() -> None:

@@ -193,7 +193,8 @@ def test_encoder_window_mask_never_masks_a_whole_row():
     mask = encoder_self_mask(src_mask, half_width=1)
     assert mask.any(dim=-1).all()
     # Real queries see only real keys inside their band.
-    assert torch.equal(mask[0, 0, :2], torch.tensor([[1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0]], dtype=torch.bool))
+    first_two_rows = torch.tensor([[1, 1, 0, 0, 0, 0, 0]] * 2, dtype=torch.bool)
+    assert torch.equal(mask[0, 0, :2], first_two_rows)
 
 
 def test_sinusoidal_positions():

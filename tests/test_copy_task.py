@@ -10,14 +10,20 @@ from tests.synthetic import make_reverse_batch, token_accuracy, train_tiny
 
 VOCAB = 12  # 8 distinct pieces
 RNN = dict(embed_dim=16, hidden_dim=32, encoder_layers=1, decoder_layers=1, dropout=0.0)
-TRANSFORMER = dict(arch="transformer", hidden_dim=32, heads=2, ffn_dim=64, encoder_layers=1, decoder_layers=1, dropout=0.0)
+TRANSFORMER = dict(
+    arch="transformer", hidden_dim=32, heads=2, ffn_dim=64, encoder_layers=1, decoder_layers=1, dropout=0.0
+)
 
 CASES = {
     "gru-additive": (dict(RNN, arch="gru", attention="additive", decoder_style="bahdanau"), 300, 1e-2),
     "lstm-general-input-feeding": (
-        dict(RNN, arch="lstm", attention="general", decoder_style="luong", input_feeding=True), 300, 1e-2
+        dict(RNN, arch="lstm", attention="general", decoder_style="luong", input_feeding=True),
+        300,
+        1e-2,
     ),
-    "gru-local_p": (dict(RNN, arch="gru", attention="local_p", window=3, decoder_style="luong"), 300, 1e-2),
+    "gru-local_p": (
+        dict(RNN, arch="gru", attention="local_p", window=3, decoder_style="luong"), 300, 1e-2
+    ),
     "transformer": (dict(TRANSFORMER, attention="scaled_dot"), 600, 5e-3),
     "transformer-local": (dict(TRANSFORMER, attention="local", window=2), 600, 5e-3),
 }

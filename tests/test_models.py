@@ -8,54 +8,69 @@ from seq2seq.config import ModelConfig
 from seq2seq.data.special import BOS_ID, PAD_ID
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model, count_parameters, describe_model
-from tests.synthetic import make_reverse_batch
+from seq2seq.models.state import reorder_state
+from tests.synthetic import make_reverse_batch, sequence_loss
 
 SRC_VOCAB = 20
 TGT_VOCAB = 23  # differs from SRC_VOCAB for share_vocab: false models, to catch mix-ups
 
 RNN_BASE = dict(embed_dim=16, hidden_dim=24, encoder_layers=1, decoder_layers=1, window=2, dropout=0.1)
-RNN_CASES = {
-    "gru-additive-bahdanau": dict(arch="gru", attention="additive", decoder_style="bahdanau"),
-    "lstm-additive-luong-feed": dict(arch="lstm", attention="additive", decoder_style="luong", encoder_layers=2),
-    "rnn-dot-luong": dict(arch="rnn", attention="dot", decoder_style="luong", input_feeding=False),
-    "gru-dot-bahdanau-unidirectional": dict(arch="gru", attention="dot", decoder_style="bahdanau", bidirectional=False),
-    "lstm-general-bahdanau-2layers": dict(arch="lstm", attention="general", decoder_style="bahdanau", decoder_layers=2),
-    "gru-general-luong-untied": dict(
-        arch="gru", attention="general", decoder_style="luong", input_feeding=False,
-        tie_embeddings=False, share_vocab=False,
-    ),
-    "rnn-scaled_dot-bahdanau-nobridge": dict(arch="rnn", attention="scaled_dot", decoder_style="bahdanau", bridge=False),
-    "lstm-scaled_dot-luong-feed-nobridge": dict(arch="lstm", attention="scaled_dot", decoder_style="luong", bridge=False),
-    "gru-local_m-dot-luong": dict(arch="gru", attention="local_m", local_score="dot", input_feeding=False),
-    "lstm-local_m-additive-bahdanau": dict(
-        arch="lstm", attention="local_m", local_score="additive", decoder_style="bahdanau", share_vocab=False
-    ),
-    "rnn-local_p-general-luong-feed": dict(arch="rnn", attention="local_p", local_score="general"),
-    "gru-local_p-scaled_dot-luong": dict(
-        arch="gru", attention="local_p", local_score="scaled_dot", input_feeding=False, decoder_layers=2
-    ),
-    "lstm-none-luong-feed": dict(arch="lstm", attention="none", decoder_style="luong"),
-    "gru-none-bahdanau": dict(arch="gru", attention="none", decoder_style="bahdanau", encoder_layers=2),
-}
+# (cell, attention, decoder style, other settings): every cell and every attention at least
+# once, both styles, with and without input feeding, bridge, bidirectional encoder, tying, sharing.
+RNN_CASES = [
+    ("gru", "additive", "bahdanau", {}),
+    ("lstm", "additive", "luong", {"encoder_layers": 2}),
+    ("rnn", "dot", "luong", {"input_feeding": False}),
+    ("gru", "dot", "bahdanau", {"bidirectional": False}),
+    ("lstm", "general", "bahdanau", {"decoder_layers": 2}),
+    ("gru", "general", "luong", {"input_feeding": False, "tie_embeddings": False, "share_vocab": False}),
+    ("rnn", "scaled_dot", "bahdanau", {"bridge": False}),
+    ("lstm", "scaled_dot", "luong", {"bridge": False}),
+    ("gru", "local_m", "luong", {"local_score": "dot", "input_feeding": False}),
+    ("lstm", "local_m", "bahdanau", {"local_score": "additive", "share_vocab": False}),
+    ("rnn", "local_p", "luong", {"local_score": "general"}),
+    ("gru", "local_p", "luong", {"local_score": "scaled_dot", "input_feeding": False, "decoder_layers": 2}),
+    ("lstm", "none", "luong", {}),
+    ("gru", "none", "bahdanau", {"encoder_layers": 2}),
+]
 TRANSFORMER_BASE = dict(
-    arch="transformer", hidden_dim=16, heads=2, ffn_dim=32, encoder_layers=2, decoder_layers=2, window=1, dropout=0.1
+    arch="transformer", hidden_dim=16, heads=2, ffn_dim=32, encoder_layers=2, decoder_layers=2, window=1,
+    dropout=0.1,
 )
-TRANSFORMER_CASES = {
-    "transformer-scaled_dot-pre": dict(attention="scaled_dot", norm="pre"),
-    "transformer-scaled_dot-post-learned-gelu": dict(
-        attention="scaled_dot", norm="post", positions="learned", activation="gelu"
-    ),
-    "transformer-local-pre-silu-untied": dict(
-        attention="local", norm="pre", activation="silu", tie_embeddings=False, share_vocab=False
-    ),
-    "transformer-local-post-learned": dict(attention="local", norm="post", positions="learned", share_vocab=False),
+# (self-attention, norm, other settings)
+TRANSFORMER_CASES = [
+    ("scaled_dot", "pre", {}),
+    ("scaled_dot", "post", {"positions": "learned", "activation": "gelu"}),
+    ("local", "pre", {"activation": "silu", "tie_embeddings": False, "share_vocab": False}),
+    ("local", "post", {"positions": "learned", "share_vocab": False}),
+]
+
+
+def case_name(*parts) -> str:
+    *names, settings = parts
+    return "-".join([*names, *(f"{key}={value}" for key, value in settings.items())])
+
+
+CASES = {
+    case_name(cell, attention, style, settings): dict(
+        RNN_BASE, arch=cell, attention=attention, decoder_style=style, **settings
+    )
+    for cell, attention, style, settings in RNN_CASES
 }
-CASES = {name: {**RNN_BASE, **case} for name, case in RNN_CASES.items()}
-CASES |= {name: {**TRANSFORMER_BASE, **case} for name, case in TRANSFORMER_CASES.items()}
+CASES |= {
+    case_name("transformer", attention, norm, settings): dict(
+        TRANSFORMER_BASE, attention=attention, norm=norm, **settings
+    )
+    for attention, norm, settings in TRANSFORMER_CASES
+}
 
 
 def make_model(name: str) -> torch.nn.Module:
-    cfg = ModelConfig(**CASES[name])
+    return build(**CASES[name])
+
+
+def build(**settings) -> torch.nn.Module:
+    cfg = ModelConfig(**settings)
     torch.manual_seed(0)
     tgt_vocab = SRC_VOCAB if cfg.share_vocab else TGT_VOCAB
     return build_model(cfg, SRC_VOCAB, tgt_vocab)
@@ -79,7 +94,7 @@ def test_forward_backward_reaches_every_parameter(name):
     src, tgt_in, tgt_out = make_batch()
     logits = model(src, tgt_in)
     assert logits.shape == (*tgt_in.shape, model.tgt_vocab_size)
-    torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID).backward()
+    sequence_loss(logits, tgt_out).backward()
     # No exceptions needed: the bridge feeds "none" models, and local_p's Gaussian carries
     # gradients to its position predictor.
     for parameter_name, parameter in model.named_parameters():
@@ -167,6 +182,17 @@ def test_reorder_expands_a_batch_for_beam_search(name):
             assert max_diff(logits, expected[:, t].repeat_interleave(beam, dim=0)) < 1e-4
 
 
+def test_reorder_state_selects_rows_everywhere_and_keeps_shared_tensors_shared():
+    memory = torch.arange(6.0).view(3, 2)
+    state = {"keys": memory, "values": memory, "layers": [(memory + 1,)], "step": 4}
+    reordered = reorder_state(state, torch.tensor([2, 0]))
+    assert torch.equal(reordered["values"], memory[[2, 0]])
+    assert reordered["keys"] is reordered["values"]
+    assert isinstance(reordered["layers"][0], tuple)
+    assert torch.equal(reordered["layers"][0][0], memory[[2, 0]] + 1)
+    assert reordered["step"] == 4
+
+
 def test_transformer_local_encoder_sees_only_its_window():
     cfg = ModelConfig(**{**TRANSFORMER_BASE, "attention": "local", "encoder_layers": 1, "window": 1})
     model = build_model(cfg, SRC_VOCAB, SRC_VOCAB).eval()
@@ -181,7 +207,7 @@ def test_transformer_local_encoder_sees_only_its_window():
 
 
 def test_transformer_returns_the_chosen_layer_and_head():
-    model = make_model("transformer-scaled_dot-pre").eval()
+    model = build(**TRANSFORMER_BASE).eval()
     src, tgt_in, _ = make_batch()
     with torch.no_grad():
         _, mean_last = model(src, tgt_in, return_attention=True)
@@ -193,24 +219,25 @@ def test_transformer_returns_the_chosen_layer_and_head():
 
 
 def test_tied_output_shares_the_embedding_matrix_even_when_sizes_differ():
-    model = make_model("gru-additive-bahdanau")  # embed 16, hidden 24: a projection bridges them
+    model = build(**RNN_BASE)  # embed 16, hidden 24: a projection bridges them
     assert model.decoder.output.weight is model.decoder.embedding.weight
     assert model.decoder.embedding is model.encoder.embedding  # share_vocab
-    untied = make_model("gru-general-luong-untied")
+    untied = build(**RNN_BASE, tie_embeddings=False, share_vocab=False)
     assert untied.decoder.output.weight is not untied.decoder.embedding.weight
     assert untied.decoder.embedding is not untied.encoder.embedding
 
 
 def test_interface_attributes():
-    rnn, learned = make_model("lstm-local_m-additive-bahdanau"), make_model("transformer-local-post-learned")
+    rnn = build(**RNN_BASE, share_vocab=False)
     assert (rnn.src_vocab_size, rnn.tgt_vocab_size) == (SRC_VOCAB, TGT_VOCAB)
     assert rnn.max_source_positions is None
-    assert learned.max_source_positions == ModelConfig().max_positions
-    assert make_model("transformer-scaled_dot-pre").max_source_positions is None  # sinusoidal
+    learned = build(**TRANSFORMER_BASE, positions="learned", max_positions=64)
+    assert learned.max_source_positions == 64
+    assert build(**TRANSFORMER_BASE).max_source_positions is None  # sinusoidal positions never end
 
 
 def test_count_parameters_counts_shared_matrices_once():
-    model = make_model("transformer-scaled_dot-pre")
+    model = build(**TRANSFORMER_BASE)
     counts = count_parameters(model)
     unique = {id(p): p.numel() for p in model.parameters()}
     assert counts["total"] == sum(unique.values())

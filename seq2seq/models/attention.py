@@ -120,7 +120,7 @@ class AdditiveScore(nn.Module):
 def build_score(kind: str, query_dim: int, key_dim: int) -> nn.Module:
     """The score function named ``kind``; dot products need query_dim == key_dim."""
     if kind in ("dot", "scaled_dot") and query_dim != key_dim:
-        raise ValueError(f"{kind} attention needs equal query and key sizes, got {query_dim} and {key_dim}")
+        raise ValueError(f"{kind} attention needs equal query and key sizes, not {query_dim}, {key_dim}")
     match kind:
         case "dot":
             return DotScore(scaled=False)
@@ -172,8 +172,10 @@ class LocalAttention(nn.Module):
         self.half_width = half_width
         self.predictive = predictive
         if predictive:
-            self.position = nn.Sequential(
-                nn.Linear(query_dim, query_dim, bias=False), nn.Tanh(), nn.Linear(query_dim, 1, bias=False)
+            self.position = nn.Sequential(  # v^T tanh(W_p h_t)
+                nn.Linear(query_dim, query_dim, bias=False),
+                nn.Tanh(),
+                nn.Linear(query_dim, 1, bias=False),
             )
 
     def precompute(self, keys: Tensor) -> Tensor:

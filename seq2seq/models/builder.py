@@ -34,7 +34,8 @@ def check_model_config(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: in
     if cfg.arch in RNN_ARCHS:
         if cfg.attention not in RNN_ATTENTIONS:
             raise UserError(
-                f"model.attention: {cfg.attention!r} is not an RNN attention; use one of {', '.join(RNN_ATTENTIONS)}"
+                f"model.attention: {cfg.attention!r} is not an RNN attention; "
+                f"use one of {', '.join(RNN_ATTENTIONS)}"
             )
         if cfg.bidirectional and cfg.hidden_dim % 2:
             raise UserError(
@@ -48,9 +49,14 @@ def check_model_config(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: in
             )
     elif cfg.arch == "transformer":
         if cfg.attention not in ("scaled_dot", "local"):
-            raise UserError(f"model.attention: {cfg.attention!r} is not a Transformer attention; use scaled_dot or local")
+            raise UserError(
+                f"model.attention: {cfg.attention!r} is not a Transformer attention; "
+                "use scaled_dot or local"
+            )
         if cfg.hidden_dim % cfg.heads:
-            raise UserError(f"model.hidden_dim: {cfg.hidden_dim} must be divisible by model.heads ({cfg.heads})")
+            raise UserError(
+                f"model.hidden_dim: {cfg.hidden_dim} must be divisible by model.heads ({cfg.heads})"
+            )
 
 
 def init_parameters(model: nn.Module) -> None:

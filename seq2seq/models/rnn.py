@@ -83,7 +83,7 @@ class RNNEncoder(nn.Module):
         return outputs, tuple(self._top_layer(state) for state in finals)
 
     def _top_layer(self, state: Tensor) -> Tensor:
-        """[layers * directions, B, h] -> the top layer, directions concatenated: [B, directions * h]."""
+        """[layers * directions, B, h] -> top layer, directions concatenated: [B, directions * h]."""
         top = state[-self.directions :]
         return top.transpose(0, 1).reshape(state.size(1), -1)
 
@@ -98,7 +98,9 @@ class Bridge(nn.Module):
     def __init__(self, encoder_dim: int, hidden_dim: int, layers: int, num_states: int):
         super().__init__()
         self.layers = layers
-        self.projections = nn.ModuleList(nn.Linear(encoder_dim, layers * hidden_dim) for _ in range(num_states))
+        self.projections = nn.ModuleList(
+            nn.Linear(encoder_dim, layers * hidden_dim) for _ in range(num_states)
+        )
 
     def forward(self, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         """(h,) or (h, c), each [B, encoder_dim] -> the same, each [B, layers, hidden_dim]."""
@@ -119,21 +121,31 @@ class RNNDecoder(nn.Module):
         self.layers = cfg.decoder_layers
         self.hidden_dim = cfg.hidden_dim
         context_dim = context_size(cfg.attention, encoder_dim)
-        extra_input = {"bahdanau": context_dim, "luong": cfg.hidden_dim if self.input_feeding else 0}
+        if self.style == "bahdanau":
+            rnn_input_dim = cfg.embed_dim + context_dim  # [y_{t-1}; c_t]
+        elif self.input_feeding:
+            rnn_input_dim = cfg.embed_dim + cfg.hidden_dim  # [y_{t-1}; h~_{t-1}]
+        else:
+            rnn_input_dim = cfg.embed_dim
         self.rnn = RNN_CELLS[cfg.arch](
-            cfg.embed_dim + extra_input[self.style],
+            rnn_input_dim,
             cfg.hidden_dim,
             num_layers=cfg.decoder_layers,
             batch_first=True,
             dropout=cfg.dropout if cfg.decoder_layers > 1 else 0.0,
         )
-        self.attention = build_attention(cfg.attention, cfg.hidden_dim, encoder_dim, cfg.window, cfg.local_score)
+        self.attention = build_attention(
+            cfg.attention, cfg.hidden_dim, encoder_dim, cfg.window, cfg.local_score
+        )
         self.attentional = nn.Linear(context_dim + cfg.hidden_dim, cfg.hidden_dim, bias=False)
         num_states = 2 if cfg.arch == "lstm" else 1
-        self.bridge = Bridge(encoder_dim, cfg.hidden_dim, cfg.decoder_layers, num_states) if cfg.bridge else None
+        self.bridge = None
+        if cfg.bridge:
+            self.bridge = Bridge(encoder_dim, cfg.hidden_dim, cfg.decoder_layers, num_states)
         # A tied output matrix is the embedding table, so it reads embed_dim-wide vectors.
-        needs_projection = cfg.tie_embeddings and cfg.hidden_dim != cfg.embed_dim
-        self.to_embedding = nn.Linear(cfg.hidden_dim, cfg.embed_dim, bias=False) if needs_projection else nn.Identity()
+        self.to_embedding = nn.Identity()
+        if cfg.tie_embeddings and cfg.hidden_dim != cfg.embed_dim:
+            self.to_embedding = nn.Linear(cfg.hidden_dim, cfg.embed_dim, bias=False)
         self.output = nn.Linear(cfg.embed_dim if cfg.tie_embeddings else cfg.hidden_dim, vocab_size)
         if cfg.tie_embeddings:
             self.output.weight = embedding.weight
@@ -145,7 +157,8 @@ class RNNDecoder(nn.Module):
         if self.bridge is not None:
             hidden = self.bridge(encoded["final"])
         else:
-            hidden = tuple(memory.new_zeros(batch, self.layers, self.hidden_dim) for _ in encoded["final"])
+            zeros = memory.new_zeros(batch, self.layers, self.hidden_dim)
+            hidden = tuple(zeros for _ in encoded["final"])
         state = {
             "keys": self.attention.precompute(memory),  # once per sentence, not once per step
             "values": memory,
@@ -183,7 +196,9 @@ class RNNDecoder(nn.Module):
         """One target position: prev_tokens [B] -> logits [B,V], new state, weights [B,S]."""
         embedded = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
         hidden = to_layers_first(state["hidden"])
-        attentional, hidden, weights = self._decode_step(embedded, hidden, state.get("feed"), state, state["step"])
+        attentional, hidden, weights = self._decode_step(
+            embedded, hidden, state.get("feed"), state, state["step"]
+        )
         new_state = {**state, "hidden": to_batch_first(hidden), "step": state["step"] + 1}
         if self.input_feeding:
             new_state["feed"] = attentional
@@ -220,7 +235,9 @@ class RNNSeq2Seq(nn.Module):
         self.tgt_vocab_size = tgt_vocab_size
         self.max_source_positions: int | None = None  # an RNN reads any length
         src_embedding = nn.Embedding(src_vocab_size, cfg.embed_dim)
-        tgt_embedding = src_embedding if cfg.share_vocab else nn.Embedding(tgt_vocab_size, cfg.embed_dim)
+        tgt_embedding = src_embedding
+        if not cfg.share_vocab:
+            tgt_embedding = nn.Embedding(tgt_vocab_size, cfg.embed_dim)
         self.encoder = RNNEncoder(cfg, src_embedding)
         self.decoder = RNNDecoder(cfg, tgt_embedding, self.encoder.output_dim, tgt_vocab_size)
 

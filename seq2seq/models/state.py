@@ -13,13 +13,24 @@ from torch import Tensor
 
 
 def reorder_state(state: Any, indices: Tensor) -> Any:
-    """Pick rows ``indices`` (dim 0) of every tensor in ``state``; other leaves (ints) are kept."""
-    match state:
-        case torch.Tensor():
-            return state.index_select(0, indices)
-        case dict():
-            return {key: reorder_state(value, indices) for key, value in state.items()}
-        case list() | tuple():
-            return type(state)(reorder_state(value, indices) for value in state)
-        case _:
-            return state
+    """Pick rows ``indices`` (dim 0) of every tensor in ``state``; other leaves (ints) are kept.
+
+    A tensor stored twice (dot attention's keys are its values) is selected once and stays
+    shared: beam search reorders the state at every step, so copies would cost twice.
+    """
+    selected: dict[int, Tensor] = {}
+
+    def reorder(node: Any) -> Any:
+        match node:
+            case torch.Tensor():
+                if id(node) not in selected:
+                    selected[id(node)] = node.index_select(0, indices)
+                return selected[id(node)]
+            case dict():
+                return {key: reorder(value) for key, value in node.items()}
+            case list() | tuple():
+                return type(node)(reorder(value) for value in node)
+            case _:
+                return node
+
+    return reorder(state)

@@ -121,7 +121,9 @@ class TransformerEmbedding(nn.Module):
         super().__init__()
         self.tokens = tokens
         self.dim = cfg.hidden_dim
-        self.learned = nn.Embedding(cfg.max_positions, cfg.hidden_dim) if cfg.positions == "learned" else None
+        self.learned = None
+        if cfg.positions == "learned":
+            self.learned = nn.Embedding(cfg.max_positions, cfg.hidden_dim)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, tokens: Tensor, start: int = 0) -> Tensor:
@@ -267,10 +269,16 @@ class DecoderLayer(nn.Module):
         need_weights: bool = False,
     ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
         """-> output [B,T,d], self-attention keys/values for the cache, cross-attention weights."""
-        out, keys_values = self.self_attention(self.self_attention_residual.sublayer_input(x), self_mask, past)
+        out, keys_values = self.self_attention(
+            self.self_attention_residual.sublayer_input(x), self_mask, past
+        )
         x = self.self_attention_residual.add(x, out)
         out, weights = self.cross_attention(
-            self.cross_attention_residual.sublayer_input(x), memory_keys, memory_values, memory_mask, need_weights
+            self.cross_attention_residual.sublayer_input(x),
+            memory_keys,
+            memory_values,
+            memory_mask,
+            need_weights,
         )
         x = self.cross_attention_residual.add(x, out)
         out = self.feed_forward(self.feed_forward_residual.sublayer_input(x))
@@ -325,31 +333,46 @@ class TransformerDecoder(nn.Module):
         weights = None
         for i, layer in enumerate(self.layers):
             keys, values = layer.cross_attention.memory_keys_values(memory)
-            x, _, layer_weights = layer(x, self_mask, keys, values, memory_mask, need_weights=i == weights_layer)
+            x, _, layer_weights = layer(
+                x, self_mask, keys, values, memory_mask, need_weights=i == weights_layer
+            )
             weights = layer_weights if i == weights_layer else weights
         return self.output(self.final_norm(x)), weights
 
     def init_state(self, memory: Tensor, memory_mask: Tensor) -> dict:
+        """The memory enters the state already projected to each layer's cross-attention
+        keys/values; every layer's self-attention cache starts empty."""
         batch = memory.size(0)
         head_dim = memory.size(-1) // self.heads
         layers = []
         for layer in self.layers:
             keys, values = layer.cross_attention.memory_keys_values(memory)
             no_past = memory.new_zeros(batch, self.heads, 0, head_dim)
-            layers.append({"memory_keys": keys, "memory_values": values, "past_keys": no_past, "past_values": no_past})
+            layers.append(
+                {"memory_keys": keys, "memory_values": values, "past_keys": no_past, "past_values": no_past}
+            )
         return {"memory_mask": memory_mask, "layers": layers, "step": 0}
 
-    def step(self, prev_tokens: Tensor, state: dict, weights_layer: int | None) -> tuple[Tensor, dict, Tensor | None]:
+    def step(
+        self, prev_tokens: Tensor, state: dict, weights_layer: int | None
+    ) -> tuple[Tensor, dict, Tensor | None]:
         """One position: prev_tokens [B] -> logits [B,V], new state, weights [B,heads,1,S]."""
         position = state["step"]
         x = self.embed(prev_tokens.unsqueeze(1), start=position)
-        self_mask = band_mask(1, position + 1, self.window, causal=True, query_offset=position, device=x.device)
+        self_mask = band_mask(
+            1, position + 1, self.window, causal=True, query_offset=position, device=x.device
+        )
         memory_mask = state["memory_mask"][:, None, None, :]
         new_layers, weights = [], None
         for i, (layer, cache) in enumerate(zip(self.layers, state["layers"])):
-            past = (cache["past_keys"], cache["past_values"])
             x, (keys, values), layer_weights = layer(
-                x, self_mask, cache["memory_keys"], cache["memory_values"], memory_mask, past, i == weights_layer
+                x,
+                self_mask,
+                cache["memory_keys"],
+                cache["memory_values"],
+                memory_mask,
+                past=(cache["past_keys"], cache["past_values"]),
+                need_weights=i == weights_layer,
             )
             new_layers.append({**cache, "past_keys": keys, "past_values": values})
             weights = layer_weights if i == weights_layer else weights
@@ -370,7 +393,8 @@ class Transformer(nn.Module):
         self.config = cfg
         self.src_vocab_size = src_vocab_size
         self.tgt_vocab_size = tgt_vocab_size
-        self.max_source_positions: int | None = cfg.max_positions if cfg.positions == "learned" else None
+        # Learned positions end at max_positions; sinusoidal ones do not end.
+        self.max_source_positions = cfg.max_positions if cfg.positions == "learned" else None
         self.attention_layer = -1
         self.attention_head: int | None = None
         src_tokens = nn.Embedding(src_vocab_size, cfg.hidden_dim)

@@ -1,0 +1,70 @@
+"""Translate a test set with a checkpoint and score it: what ``attn evaluate --checkpoint`` runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from seq2seq.data.corpus import count_text_lines, read_lines
+from seq2seq.decoding.loading import load_model
+from seq2seq.decoding.translator import TranslateSettings, Translator
+from seq2seq.errors import UserError
+from seq2seq.evaluation.metrics import score_corpus
+from seq2seq.evaluation.report import append_results_csv, write_report
+
+
+def read_text_file(path: Path, option: str) -> list[str]:
+    """All lines of a UTF-8 text file; a missing, binary or non-UTF-8 file is a UserError."""
+    if not path.is_file():
+        raise UserError(f"{option} {path}: file not found")
+    count_text_lines(path)  # validates UTF-8 and rejects binary files, naming the line
+    return list(read_lines(path))
+
+
+def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int | None,
+                        report_dir: Path | None, device: str = "cpu",
+                        warn=lambda message: None) -> tuple[dict[str, Any], Path]:
+    """Translate ``src``, score against ``refs``, write the report; returns (report, report_dir)."""
+    loaded = load_model(checkpoint, device)
+    settings = TranslateSettings.from_config(loaded.config.decode)
+    if beam is not None:
+        settings.beam_size = beam
+    sources = read_text_file(src, "--src")
+    references = [read_text_file(path, "--ref") for path in refs]
+    tok = loaded.tokenizer
+    translator = Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings, warn=warn)
+    start = time.perf_counter()
+    results = translator.translate(sources)
+    seconds = max(time.perf_counter() - start, 1e-9)
+    hypotheses = [r[0].text for r in results]
+    pieces = sum(len(r[0].tokens) for r in results)
+
+    report_dir = report_dir or Path(loaded.config.output_dir) / "eval"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    hyp_path = report_dir / "hypotheses.txt"
+    hyp_path.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
+    metrics = score_corpus(hypotheses, references, hyps_file=str(hyp_path), refs_files=[str(p) for p in refs])
+    meta = {
+        "checkpoint": str(loaded.path), "step": loaded.step, "source": str(src),
+        "references": [str(p) for p in refs], "hypotheses": str(hyp_path), "sentences": len(sources),
+        "config": {"arch": loaded.config.model.arch, "attention": loaded.config.model.attention,
+                   "output_dir": loaded.config.output_dir},
+        "decode": {"beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
+                   "max_len_a": settings.max_len_a, "max_len_b": settings.max_len_b},
+        "sentences_per_s": round(len(sources) / seconds, 2),
+        "tokens_per_s": round(pieces / seconds, 1),
+        "seconds": round(seconds, 2),
+    }
+    write_report(report_dir, metrics, meta)
+    append_results_csv(report_dir.parent / "results.csv", results_row(metrics, meta))
+    return {**metrics, **meta}, report_dir
+
+
+def results_row(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """One line of the run-level results.csv, so experiments can be compared."""
+    return {
+        "hypotheses": meta.get("hypotheses", ""), "checkpoint": meta.get("checkpoint", ""),
+        "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2), "ter": round(metrics["ter"], 2),
+        "beam": meta.get("decode", {}).get("beam_size", ""), "sentences_per_s": meta.get("sentences_per_s", ""),
+    }

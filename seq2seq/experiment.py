@@ -1,0 +1,212 @@
+"""``attn experiment SWEEP.yaml``: a base config times a grid of overrides, run one by one.
+
+A sweep file::
+
+    base: configs/demo.yaml           # the config every point starts from
+    output_dir: runs/sweep_attention  # each point trains in output_dir/<point name>
+    set:                              # overrides applied to every point (optional)
+      train.max_steps: 200
+    grid:                             # every combination of these values ...
+      model.attention: [additive, general, local_p]
+      model.arch: [gru, lstm]
+    points:                           # ... and/or an explicit list of override sets
+      - {model.arch: transformer, model.attention: scaled_dot}
+
+Each point runs tokenize -> train -> evaluate on the test set. A point whose report exists is
+skipped, and a point with checkpoints but no report resumes, so a CI job can simply be re-run.
+The results land in ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from seq2seq.config import Config, load_config, read_yaml
+from seq2seq.errors import UserError
+
+SWEEP_KEYS = ("base", "output_dir", "set", "grid", "points")
+REPORT = "eval/report.json"
+
+
+@dataclass
+class Point:
+    name: str
+    overrides: dict[str, Any]  # the values that vary between points
+    config: Config = field(repr=False)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def finished(self) -> bool:
+        return (self.output_dir / REPORT).is_file()
+
+
+@dataclass
+class Sweep:
+    path: Path
+    output_dir: Path
+    points: list[Point]
+
+
+def load_sweep(path: Path) -> Sweep:
+    raw = read_yaml(path)
+    for key in raw:
+        if key not in SWEEP_KEYS:
+            raise UserError(f"{path}: unknown key '{key}'; a sweep has {', '.join(SWEEP_KEYS)}")
+    if "base" not in raw:
+        raise UserError(f"{path}: 'base' is missing; name the config every point starts from")
+    output_dir = Path(raw.get("output_dir") or f"runs/{path.stem}")
+    common = _mapping(raw.get("set"), path, "set")
+    grid = _mapping(raw.get("grid"), path, "grid")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: grid.{key} must be a non-empty list of values")
+    listed = raw.get("points") or []
+    if not isinstance(listed, list) or not all(isinstance(p, dict) for p in listed):
+        raise UserError(f"{path}: 'points' must be a list of mappings of overrides")
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] if grid else []
+    if not combos and not listed:
+        raise UserError(f"{path}: the grid is empty and no points are listed; give grid keys with lists of values")
+
+    points = []
+    for overrides in combos + listed:
+        name = point_name(overrides)
+        settings = {**common, **overrides, "output_dir": str(output_dir / name)}
+        exprs = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+        try:
+            cfg = load_config(Path(raw["base"]), exprs)
+        except UserError as exc:
+            raise UserError(f"{path}: point {name}: {exc}") from None
+        if cfg.data.prepared_dir is None:
+            # Points that share a data section share one tokenization.
+            cfg.data.prepared_dir = str(output_dir / f"data-{data_hash(cfg)}")
+        points.append(Point(name, overrides, cfg))
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: two points have the same overrides; every point must differ")
+    return Sweep(path, output_dir, points)
+
+
+def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: '{key}' must be a mapping of key.path: value")
+    return value
+
+
+def point_name(overrides: dict[str, Any]) -> str:
+    """A readable, file-safe folder name: ``arch-gru_attention-additive``."""
+    parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in overrides.items()]
+    return re.sub(r"[^A-Za-z0-9._-]+", "", "_".join(parts)) or "base"
+
+
+def data_hash(cfg: Config) -> str:
+    data = cfg.to_dict()["data"]
+    data.pop("prepared_dir")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+
+
+# ------------------------------------------------------------------------- running
+
+
+def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
+    """Run every unfinished point, then write the leaderboard; returns its markdown path."""
+    from seq2seq.evaluation.evaluate import translate_and_score
+    from seq2seq.training import checkpoint as ckpt
+    from seq2seq.training.trainer import train
+
+    for number, point in enumerate(sweep.points, start=1):
+        header = f"[{number}/{len(sweep.points)}] {point.name}"
+        if point.finished:
+            log(f"{header}: finished earlier, skipped")
+            continue
+        resume = bool(ckpt.step_checkpoints(point.output_dir))
+        log(f"{header}: {'resuming' if resume else 'training'} -> {point.output_dir}")
+        start = time.perf_counter()
+        train(point.config, resume=resume, overwrite=not resume, log=log, quiet=True)
+        train_seconds = time.perf_counter() - start
+        if point.config.data.test is None:
+            raise UserError(f"{sweep.path}: point {point.name} has no data.test to evaluate on")
+        src, ref = (Path(f"{point.config.data.test}.{lang}")
+                    for lang in (point.config.data.src_lang, point.config.data.tgt_lang))
+        report, _ = translate_and_score(point.output_dir, src, [ref], None, None)
+        (point.output_dir / "train_seconds.json").write_text(json.dumps({"seconds": train_seconds}))
+        log(f"{header}: test BLEU {report['bleu']:.2f} chrF {report['chrf']:.2f}")
+    return write_leaderboard(sweep)
+
+
+def leaderboard_rows(sweep: Sweep) -> list[dict[str, Any]]:
+    from seq2seq.training.trainer import METRICS_FILE, read_metrics
+
+    rows = []
+    for point in sweep.points:
+        if not point.finished:
+            continue
+        report = json.loads((point.output_dir / REPORT).read_text())
+        records = read_metrics(point.output_dir / METRICS_FILE)
+        speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+        valids = [r for r in records if "valid_bleu" in r]
+        timing = point.output_dir / "train_seconds.json"
+        rows.append({
+            "point": point.name,
+            **{key: value for key, value in point.overrides.items()},
+            "test_bleu": round(report["bleu"], 2),
+            "test_chrf": round(report["chrf"], 2),
+            "parameters": count_parameters(point),
+            "train_seconds": round(json.loads(timing.read_text())["seconds"], 1) if timing.exists() else "",
+            "tokens_per_s": round(sum(speeds) / len(speeds)) if speeds else "",
+            "best_step": valids[-1].get("best_step", "") if valids else "",
+        })
+    return sorted(rows, key=lambda r: r["test_bleu"], reverse=True)
+
+
+def count_parameters(point: Point) -> int:
+    from seq2seq.decoding.loading import load_model
+
+    return sum(p.numel() for p in load_model(point.output_dir).model.parameters())
+
+
+def write_leaderboard(sweep: Sweep) -> Path:
+    from seq2seq.plots import bar_chart
+
+    rows = leaderboard_rows(sweep)
+    sweep.output_dir.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    (sweep.output_dir / "leaderboard.csv").write_text(buffer.getvalue(), encoding="utf-8")
+
+    lines = [f"# Leaderboard: {sweep.path}", "", "Test-set scores (sacrebleu), best first.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    md = sweep.output_dir / "leaderboard.md"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if rows:
+        bar_chart(sweep.output_dir / "leaderboard.png", [r["point"] for r in rows],
+                  [r["test_bleu"] for r in rows], title=f"Test BLEU by point ({sweep.path.name})", ylabel="BLEU")
+    return md
+
+
+def describe_points(sweep: Sweep) -> str:
+    lines = [f"{len(sweep.points)} points -> {sweep.output_dir}"]
+    for point in sweep.points:
+        state = "finished" if point.finished else "to run"
+        lines.append(f"  {point.name:<40} {state:<9} {yaml.safe_dump(point.overrides, default_flow_style=True).strip()}")
+    return "\n".join(lines)
