@@ -34,8 +34,8 @@ RNN_CASES = [
     ("gru", "none", "bahdanau", {"encoder_layers": 2}),
 ]
 TRANSFORMER_BASE = dict(
-    arch="transformer", hidden_dim=16, heads=2, ffn_dim=32, encoder_layers=2, decoder_layers=2, window=1,
-    dropout=0.1,
+    arch="transformer", attention="scaled_dot", hidden_dim=16, heads=2, ffn_dim=32, encoder_layers=2,
+    decoder_layers=2, window=1, dropout=0.1,
 )
 # (self-attention, norm, other settings)
 TRANSFORMER_CASES = [
@@ -194,8 +194,7 @@ def test_reorder_state_selects_rows_everywhere_and_keeps_shared_tensors_shared()
 
 
 def test_transformer_local_encoder_sees_only_its_window():
-    cfg = ModelConfig(**{**TRANSFORMER_BASE, "attention": "local", "encoder_layers": 1, "window": 1})
-    model = build_model(cfg, SRC_VOCAB, SRC_VOCAB).eval()
+    model = build(**dict(TRANSFORMER_BASE, attention="local", encoder_layers=1, window=1)).eval()
     src = torch.tensor([[5, 6, 7, 8, 9, 10, 3]])
     changed = src.clone()
     changed[0, 5] = 11

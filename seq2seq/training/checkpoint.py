@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import re
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        _test_pause()
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -46,6 +48,22 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
             "choose another output_dir — the previous checkpoint is untouched"
         ) from None
     _fsync_dir(path.parent)
+
+
+def _test_pause() -> None:
+    """Test hook: ATTN_TEST_SLOW_SAVE=SECONDS sleeps between writing the temporary file and
+    renaming it, so fault-injection tests can kill a run in the middle of a checkpoint write."""
+    seconds = os.environ.get("ATTN_TEST_SLOW_SAVE")
+    if seconds:
+        time.sleep(float(seconds))
+
+
+def remove_temp_files(output_dir: str | Path) -> None:
+    """Delete the temporary files of checkpoint writes that never finished (the run was killed)."""
+    folder = checkpoint_dir(output_dir)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.pt.tmp*"):
+            tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -53,6 +53,15 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return tensor
 
 
+def all_gather_objects(obj: object, info: DistInfo) -> list:
+    """``obj`` from every rank, in rank order (a one-item list on a single process)."""
+    if not info.enabled:
+        return [obj]
+    gathered: list = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """Rank 0's decision (stop early, interrupted) for every rank, so all stop together."""
     if not info.enabled:

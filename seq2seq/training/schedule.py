@@ -28,9 +28,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
             if warmup and step < warmup:
                 factor = step / warmup
             else:
+                # Half a cosine from lr at the end of warm-up down to min_lr at max_steps.
                 span = max(1, cfg.max_steps - warmup)
                 progress = min(1.0, (step - warmup) / span)
-                factor = 0.5 * (1.0 + math.cos(math.pi * progress))
+                cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+                return cfg.min_lr + (max(cfg.lr, cfg.min_lr) - cfg.min_lr) * cosine
         case _:
             raise ValueError(f"unknown schedule {cfg.schedule}")
     return max(cfg.min_lr, cfg.lr * factor)

@@ -37,7 +37,8 @@ from seq2seq.data.prepare import PreparedData, prepare_data
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
-from seq2seq.training.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, cleanup, init_distributed
+from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_flag,
+                                          cleanup, init_distributed)
 from seq2seq.training.loss import label_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
 
@@ -56,7 +57,8 @@ class RunState:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed (this rank)
+    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed (each rank)
+    world_size: int = 1  # processes the data position above refers to
     best_score: float | None = None
     best_step: int = 0
     validations_without_improvement: int = 0
@@ -111,6 +113,7 @@ def prepare_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
         probe.unlink()
     except OSError as exc:
         raise UserError(f"output_dir: cannot write to {out} ({exc.strerror or exc}); choose a writable directory") from None
+    ckpt.remove_temp_files(out)  # half-written checkpoints of a run that was killed
     if overwrite and not resume:
         shutil.rmtree(ckpt.checkpoint_dir(out), ignore_errors=True)
         for name in (METRICS_FILE, CURVE_FILE, CONFIG_FILE):
@@ -175,15 +178,16 @@ class Trainer:
         tok = prepared.tokenizer
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
         self.forward_model: nn.Module = self.model
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
         if info.enabled:
-            self.forward_model = nn.parallel.DistributedDataParallel(
+            self.ddp = self.forward_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.train.compile:
             self.forward_model = torch.compile(self.forward_model, dynamic=True)
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         self.plateau = Plateau(cfg.train)
-        self.state = RunState()
+        self.state = RunState(world_size=info.world_size)
         self.train_data = prepared.dataset("train")
         self.sampler = TokenBatchSampler(
             self.train_data.src_lengths, self.train_data.tgt_lengths, cfg.train.batch_tokens,
@@ -192,11 +196,13 @@ class Trainer:
         # Device-side counters: read only at log time, so the step never waits on the device.
         self.bad_run = torch.zeros((), device=device)
         self.skipped = torch.zeros((), device=device)
-        self.interrupted = False
+        self.skipped_logged = 0
+        self.interrupted = False  # set by the Ctrl-C/SIGTERM handler
+        self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
 
     # --- checkpoints ------------------------------------------------------------
 
-    def checkpoint_payload(self) -> dict[str, Any]:
+    def checkpoint_payload(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         src_bytes, tgt_bytes = self.prepared.tokenizer.to_bytes()
         return {
             "format": CHECKPOINT_FORMAT,
@@ -207,15 +213,20 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "plateau": self.plateau.state_dict(),
             "run_state": asdict(self.state),
-            "rng": ckpt.rng_state(),
+            # Rank 0's RNG states, and under DDP every rank's (dropout differs per rank).
+            "rng": rng_states[0],
+            **({"rng_ranks": rng_states} if len(rng_states) > 1 else {}),
             "tokenizer": {"src": ckpt.bytes_to_tensor(src_bytes),
                           "tgt": ckpt.bytes_to_tensor(tgt_bytes) if tgt_bytes is not None else None},
         }
 
     def save(self, best: bool = False) -> None:
+        """Write the step checkpoint (and best.pt); every rank calls it, rank 0 writes."""
+        rng_states = all_gather_objects(ckpt.rng_state(), self.info)
+        self.saved_step = self.state.step
         if not self.info.is_main:
             return
-        payload = self.checkpoint_payload()
+        payload = self.checkpoint_payload(rng_states)
         ckpt.save_atomic(payload, ckpt.step_checkpoint_path(self.out, self.state.step))
         if best:
             ckpt.save_atomic(payload, ckpt.checkpoint_dir(self.out) / ckpt.BEST_NAME)
@@ -243,60 +254,97 @@ class Trainer:
         self.scaler.load_state_dict(payload["scaler"])
         self.plateau.load_state_dict(payload["plateau"])
         self.state = RunState(**payload["run_state"])
-        ckpt.set_rng_state(payload["rng"])
-        trim_metrics(self.out / METRICS_FILE, self.state.step)
+        rng_states = payload.get("rng_ranks") or [payload["rng"]]
+        world_size = self.info.world_size
+        if self.state.world_size != world_size:
+            # Same epoch order, but the batches are dealt to another number of ranks: keep the
+            # share of the epoch already seen. Exact resuming needs the same world size.
+            self.log(f"warning: {path} was written by {self.state.world_size} process(es), resuming with "
+                     f"{world_size}: the data position and dropout noise continue approximately")
+            self.state.batch_in_epoch = self.state.batch_in_epoch * self.state.world_size // world_size
+            self.state.world_size = world_size
+        ckpt.set_rng_state(rng_states[self.info.rank] if len(rng_states) == world_size else rng_states[0])
+        self.saved_step = self.state.step
+        if self.info.is_main:
+            trim_metrics(self.out / METRICS_FILE, self.state.step)
         self.log(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch + 1})")
 
     # --- one update ---------------------------------------------------------------
 
-    def optimizer_step(self, group: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    def optimizer_step(self, group: list[np.ndarray]) -> dict[str, Any]:
+        """One update from the micro-batches in ``group``; returns its figures (see below)."""
+        return self.apply_update(self.accumulate_gradients(group))
+
+    def accumulate_gradients(self, group: list[np.ndarray]) -> dict[str, Any]:
+        """Forward and backward every micro-batch of one update.
+
+        Leaves in ``.grad`` the gradient of the update's loss: the label-smoothed loss summed
+        over every real target token of the update (all micro-batches, all ranks) divided by
+        their number; unscaled (fp16) and not yet clipped. So k micro-batches, or k ranks, give
+        the gradient of one big batch. Returns the update's figures summed over ranks (device
+        tensors: loss, nll, correct, tokens, src_tokens, interrupt), never waiting on the device.
+        """
         model, cfg = self.forward_model, self.cfg
         model.train()
-        totals = {k: torch.zeros((), device=self.device) for k in ("loss", "nll", "correct")}
+        sums = torch.zeros(3, device=self.device)  # loss, nll, correct
         tgt_tokens = src_tokens = 0
         for i, indices in enumerate(group):
             batch = collate(self.train_data, indices)
             src, tgt_in, tgt_out = (self.to_device(t) for t in (batch.src, batch.tgt_in, batch.tgt_out))
+            # DDP all-reduces the gradients in the last backward of the update only.
             last = i == len(group) - 1
-            no_sync = model.no_sync() if self.info.enabled and not last and hasattr(model, "no_sync") else contextlib.nullcontext()
-            with no_sync:
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with sync:
                 with autocast_context(cfg, self.device):
                     logits = model(src, tgt_in)
-                sums = label_smoothed_nll(logits, tgt_out, cfg.train.label_smoothing)
-                self.scaler.scale(sums.loss).backward()
-            totals["loss"] += sums.loss.detach()
-            totals["nll"] += sums.nll.detach()
-            totals["correct"] += sums.correct
+                loss = label_smoothed_nll(logits, tgt_out, cfg.train.label_smoothing)
+                self.scaler.scale(loss.loss).backward()
+            sums += torch.stack([loss.loss.detach(), loss.nll.detach(), loss.correct.float()])
             tgt_tokens += batch.n_tgt_tokens
             src_tokens += batch.n_src_tokens
 
-        # Gradients hold sums over this rank's tokens (DDP averaged them over ranks); turn
-        # them into the mean over every target token of the update.
-        tokens = all_reduce_sum(torch.tensor(float(tgt_tokens), device=self.device), self.info)
+        # One all-reduce for every figure; the Ctrl-C flag rides along so all ranks stop together.
+        # torch.full launches a fill on the device: no host-to-device copy to wait for.
+        scalars = [torch.full((), float(x), device=self.device) for x in (tgt_tokens, src_tokens, self.interrupted)]
+        totals = all_reduce_sum(torch.cat([sums, torch.stack(scalars)]), self.info)
+        figures = dict(zip(("loss", "nll", "correct", "tokens", "src_tokens", "interrupt"), totals.unbind()))
+
+        # The gradients hold sums over this rank's tokens, averaged over ranks by DDP: turn them
+        # into the mean over every target token of the update.
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        torch._foreach_mul_(grads, self.info.world_size / tokens.clamp(min=1))
-        max_norm = cfg.train.clip_norm if cfg.train.clip_norm > 0 else math.inf
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        torch._foreach_mul_(grads, self.info.world_size / figures["tokens"].clamp(min=1))
+        self.state.target_tokens += tgt_tokens
+        return figures
 
-        finite = torch.isfinite(grad_norm) & torch.isfinite(totals["loss"])
-        lr = lr_at(self.state.step + 1, cfg.train) * self.plateau.scale
-        for group_ in self.optimizer.param_groups:
-            group_["lr"] = lr
+    def apply_update(self, figures: dict[str, Any]) -> dict[str, Any]:
+        """Clip and step with the gradients ``accumulate_gradients`` left; count the update.
+
+        A non-finite loss or gradient norm skips the update inside the fused optimizer
+        (``found_inf``): parameters and Adam moments stay as they were, and nothing waits on the
+        device. Skipped updates still count as steps; ``check_non_finite`` reads the counters.
+        """
+        cfg = self.cfg.train
+        max_norm = cfg.clip_norm if cfg.clip_norm > 0 else math.inf
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        loss_finite = torch.isfinite(figures["loss"])
+        finite = torch.isfinite(grad_norm) & loss_finite
+        lr = lr_at(self.state.step + 1, cfg) * self.plateau.scale
+        for param_group in self.optimizer.param_groups:
+            param_group["lr"] = lr
         if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # the scaler skips non-finite steps itself
+            self.scaler.step(self.optimizer)  # skips overflowing steps itself, also without a sync
             self.scaler.update()
+            bad = ~loss_finite  # fp16 gradient overflow is routine: the scaler lowers its scale
         else:
             self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
+            bad = ~finite
         self.optimizer.zero_grad(set_to_none=True)
-        self.bad_run = (self.bad_run + 1) * (~finite)
+        self.bad_run = (self.bad_run + 1) * bad
         self.skipped += (~finite).float()
-
         self.state.step += 1
-        self.state.target_tokens += tgt_tokens
-        return {**totals, "tokens": tokens, "tgt_tokens": torch.tensor(tgt_tokens),
-                "src_tokens": torch.tensor(src_tokens), "lr": torch.tensor(lr), "grad_norm": grad_norm}
+        return {**figures, "lr": lr, "grad_norm": grad_norm}
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
@@ -311,6 +359,14 @@ class Trainer:
                 f"training stopped at step {self.state.step}: {bad_run} non-finite losses or gradients in a row "
                 "(skipped); lower train.lr, set train.clip_norm, or use fp32 — the last checkpoint is usable"
             )
+
+    def stop_requested(self, figures: dict[str, Any], read_device: bool) -> bool:
+        """Ctrl-C/SIGTERM seen, by this process or (DDP) by any rank, so every rank stops together."""
+        if not self.info.enabled:
+            return self.interrupted
+        # The flags were summed over ranks with the update's figures; reading the sum waits for
+        # the device, so a GPU run reads it at log intervals only.
+        return read_device and bool(figures["interrupt"] > 0)
 
     # --- the run ------------------------------------------------------------------
 
@@ -329,17 +385,25 @@ class Trainer:
                 stopped_because = f"reached train.max_epochs ({cfg.train.max_epochs})"
                 break
             t0 = time.perf_counter()
-            window.add(self.optimizer_step(group), time.perf_counter() - t0)
+            figures = self.optimizer_step(group)
+            window.add(figures, time.perf_counter() - t0)
             step = self.state.step
-            if self.device.type == "cpu" or step % cfg.train.log_every == 0:
-                self.check_non_finite()  # free on the CPU; on a GPU only at log intervals
+            log_now = step % cfg.train.log_every == 0 or step == cfg.train.max_steps
+            # Reading device counters is free on the CPU; on a GPU it waits, so only when logging.
+            read_device = self.device.type == "cpu" or log_now
+            if read_device:
+                self.check_non_finite()
             progress.tick(step, self.state.epoch, time.perf_counter() - start, step - start_step)
 
-            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            if log_now:
                 record = window.record(step, self.state.epoch, self.skipped)
                 self.state.train_seconds += window.seconds
                 self.write_metrics(record)
                 progress.line(record)
+                if record["skipped_steps"] > self.skipped_logged:
+                    self.log(f"warning: skipped {record['skipped_steps'] - self.skipped_logged} update(s) with a "
+                             f"non-finite loss or gradient by step {step} ({record['skipped_steps']} in all)")
+                    self.skipped_logged = record["skipped_steps"]
                 window = Window()
 
             stop = False
@@ -352,13 +416,14 @@ class Trainer:
                                        f"{cfg.train.patience} validations")
             elif step % save_every == 0:
                 self.save()
-            if broadcast_flag(self.interrupted, self.info, self.device):
-                self.save()
+            if self.stop_requested(figures, read_device):
+                if self.saved_step != step:
+                    self.save()
                 stopped_because = f"interrupted at step {step}; continue with --resume"
                 break
             if stop:
                 break
-        if self.state.step and not ckpt.step_checkpoint_path(self.out, self.state.step).exists():
+        if self.state.step and self.saved_step != self.state.step:
             self.save()
         return TrainSummary(self.out, self.state.step, self.state.best_step, self.state.best_score,
                             metric, stopped_because)
@@ -392,9 +457,14 @@ class Trainer:
                 broadcast_flag(stop, self.info, self.device))
 
     def write_metrics(self, record: dict[str, Any]) -> None:
-        if self.info.is_main:
+        if not self.info.is_main:
+            return
+        try:
             with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise UserError(f"{self.out / METRICS_FILE}: cannot append ({exc.strerror or exc}); "
+                            "free disk space, then continue with --resume") from None
 
     def plot_curve(self) -> None:
         from seq2seq.plots import learning_curve
@@ -413,15 +483,19 @@ class Window:
         self.steps = 0
         self.last_lr = 0.0
 
-    def add(self, figures: dict[str, torch.Tensor], seconds: float) -> None:
-        for key in ("loss", "nll", "correct", "tokens", "tgt_tokens", "src_tokens"):
+    def add(self, figures: dict[str, Any], seconds: float) -> None:
+        for key in ("loss", "nll", "correct", "tokens", "src_tokens"):
             self.sums[key] = self.sums.get(key, 0) + figures[key]
         self.last_lr = figures["lr"]
         self.seconds += seconds
         self.steps += 1
 
     def record(self, step: int, epoch: int, skipped: torch.Tensor) -> dict[str, Any]:
+        t0 = time.perf_counter()
         s = {k: float(v) for k, v in self.sums.items()}  # the one host sync per log interval
+        skipped_steps = int(skipped.item())
+        # The wait above is the device finishing the window's queued work: part of its time.
+        self.seconds += time.perf_counter() - t0
         tokens = max(s["tokens"], 1.0)
         seconds = max(self.seconds, 1e-9)
         return {
@@ -431,16 +505,26 @@ class Window:
             "ppl": math.exp(min(s["nll"] / tokens, 50.0)),
             "accuracy": s["correct"] / tokens,
             "lr": float(self.last_lr),
-            "tokens_per_s": s["tgt_tokens"] / seconds,
+            # Target and source tokens per second of the whole job (all ranks).
+            "tokens_per_s": s["tokens"] / seconds,
             "src_tokens_per_s": s["src_tokens"] / seconds,
-            "skipped_steps": int(skipped.item()),
+            "skipped_steps": skipped_steps,
         }
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl; a line cut short by a killed run is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def trim_metrics(path: Path, step: int) -> None:

@@ -1,0 +1,141 @@
+"""``make bench``: attn's speed on this machine, next to the peers' figures.
+
+1. the fp32 matmul ceiling (GFLOP/s with the same threads),
+2. training throughput of configs T and R on the full Bible corpus (each in its own process,
+   so peak RSS is per config),
+3. greedy and beam-5 decoding of the full test set with the model each run reached,
+then a table with the peers' numbers and the ratios, saved to ``bench/out/results.json``.
+
+Peer figures are the best of ../shared/bench/peers/results.md (same machine class). Decoding
+speed is in output pieces per second: the models here trained only briefly, so their outputs
+are longer than a converged model's (the peers' models trained 12 minutes); compare tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+CONFIGS = {"T": "configs/bench_T.yaml", "R": "configs/bench_R.yaml"}
+
+
+def matmul_ceiling(threads: int, n: int = 2048, reps: int = 15) -> float:
+    torch.set_num_threads(threads)
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        torch.mm(x, y)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        torch.mm(x, y)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def run_json(command: list[str]) -> dict:
+    print("$", " ".join(command), file=sys.stderr, flush=True)
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"benchmark step failed: {' '.join(command)}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def decode_speed(checkpoint: Path, beam: int, src: Path) -> dict:
+    """Translate the test set; sentences/s and output pieces/s, model loading excluded."""
+    from seq2seq.decoding.loading import load_model
+    from seq2seq.decoding.translator import TranslateSettings, Translator
+
+    loaded = load_model(checkpoint)
+    settings = TranslateSettings.from_config(loaded.config.decode)
+    settings.beam_size = beam
+    tok = loaded.tokenizer
+    translator = Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings)
+    lines = src.read_text(encoding="utf-8").splitlines()
+    start = time.perf_counter()
+    results = translator.translate(lines)
+    seconds = time.perf_counter() - start
+    pieces = sum(len(r[0].tokens) for r in results)
+    return {"beam": beam, "sentences": len(lines), "seconds": seconds, "sentences_per_s": len(lines) / seconds,
+            "tokens_per_s": pieces / seconds, "pieces_per_sentence": pieces / len(lines)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40, help="timed training updates per config")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=sorted(CONFIGS), action="append")
+    parser.add_argument("--skip-decode", action="store_true")
+    args = parser.parse_args()
+    corpus = ROOT.parent / "shared" / "corpora" / "bible-en-es"
+    if not (corpus / "train.es").exists():
+        sys.exit(f"the full corpus is not at {corpus}; the benchmarks need it")
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    results: dict = {"threads": args.threads, "torch": torch.__version__}
+    results["matmul_ceiling_gflops"] = matmul_ceiling(args.threads)
+    print(f"matmul ceiling: {results['matmul_ceiling_gflops']:.0f} GFLOP/s ({args.threads} threads)", file=sys.stderr)
+
+    for name in args.only or sorted(CONFIGS):
+        checkpoint = OUT / f"bench_{name}.pt"
+        train = run_json([sys.executable, "-m", "bench.train_speed", CONFIGS[name], "--steps", str(args.steps),
+                          "--warmup", str(args.warmup), "--set", f"train.threads={args.threads}",
+                          "--save", str(checkpoint)])
+        train["utilisation"] = train["achieved_gflops"] / results["matmul_ceiling_gflops"]
+        results[f"train_{name}"] = train
+        if not args.skip_decode:
+            torch.set_num_threads(args.threads)
+            for beam in (1, 5):
+                speed = decode_speed(checkpoint, beam, corpus / "test.es")
+                results[f"decode_{name}_beam{beam}"] = speed
+                print(f"decode {name} beam {beam}: {speed['sentences_per_s']:.1f} sent/s, "
+                      f"{speed['tokens_per_s']:,.0f} tok/s", file=sys.stderr)
+
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    print(render_table(results))
+
+
+def render_table(results: dict) -> str:
+    best = {  # best peer figures of ../shared/bench/peers/results.md (fairseq/OpenNMT-py, same machine class)
+        "train_T": 2373, "train_R": 3711, "rss_T": 1844,
+        "decode_T_beam1": 5494, "decode_T_beam5": 1322,
+    }
+    rows = [("figure", "attn", "best peer", "ratio")]
+    for name in ("T", "R"):
+        t = results.get(f"train_{name}")
+        if not t:
+            continue
+        rows.append((f"train {name}: target tok/s", f"{t['tgt_tokens_per_s']:,.0f}", f"{best[f'train_{name}']:,}",
+                     f"{t['tgt_tokens_per_s'] / best[f'train_{name}']:.2f}x"))
+        rows.append((f"train {name}: source tok/s", f"{t['src_tokens_per_s']:,.0f}", "", ""))
+        rows.append((f"train {name}: peak RSS MiB", f"{t['peak_rss_mib']:,.0f}",
+                     f"{best['rss_T']:,}" if name == "T" else "1,642", ""))
+        rows.append((f"train {name}: padding", f"{t['padding_ratio']:.1%}", "", ""))
+        rows.append((f"train {name}: MFLOP/tgt token, utilisation", f"{t['flops_per_tgt_token'] / 1e6:.1f}, "
+                     f"{t['utilisation']:.0%}", "", ""))
+        for beam in (1, 5):
+            d = results.get(f"decode_{name}_beam{beam}")
+            if d:
+                peer = best.get(f"decode_{name}_beam{beam}")
+                rows.append((f"decode {name} beam {beam}: tok/s (sent/s)",
+                             f"{d['tokens_per_s']:,.0f} ({d['sentences_per_s']:.1f})",
+                             f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return f"matmul ceiling {results['matmul_ceiling_gflops']:.0f} GFLOP/s\n" + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

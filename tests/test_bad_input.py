@@ -1,0 +1,670 @@
+"""Bad input, end to end: every command run as a user runs it, fed what users get wrong.
+
+The project rule: bad input gets ONE line on stderr, ``error: ...``, naming the file, line or
+config key and what to do; exit code 2; no Python traceback; and nothing already written is
+lost or overwritten. Every case below checks all four (``assert_user_error`` + a snapshot of
+the output location taken before the command and compared after).
+
+One tiny model is trained per test session (``tiny_run``) and shared, read-only.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers_cli import (
+    SAMPLE,
+    assert_unchanged,
+    assert_user_error,
+    error_line,
+    run_attn,
+    snapshot,
+    tiny_run,
+    write_config,
+    write_corpus,
+)
+
+# Something no text file contains: the start of a zip (what torch.save writes), NUL bytes included.
+BINARY = b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(range(256)) * 4
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "attn-shared"
+
+
+@pytest.fixture(scope="session")
+def run_dir(session_dir: Path) -> Path:
+    """The session's tiny trained run (do not modify it)."""
+    session_dir.mkdir(exist_ok=True)
+    return tiny_run(session_dir)
+
+
+@pytest.fixture(scope="session")
+def ckpt(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "best.pt"
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A private corpus copy a test may break."""
+    return write_corpus(tmp_path / "corpus", {"train": 200, "valid": 10, "test": 10})
+
+
+@pytest.fixture
+def config(tmp_path: Path, corpus: Path) -> Path:
+    """A tiny config over ``corpus`` with output_dir ``tmp/run``."""
+    return write_config(tmp_path / "run.yaml", corpus, tmp_path / "run")
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    """A copy of the trained run without its (large-ish) prepared data."""
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("data"))
+    return dest
+
+
+# ============================================================================ config
+
+
+CONFIG_CASES = {
+    # id: (YAML text, --set overrides, fragments the error line must contain)
+    "yaml-syntax-error": (
+        "model:\n  arch: gru\n  attention: [additive\ntrain:\n  lr: 0.1\n", [],
+        ["cfg.yaml", "YAML error at line 4, column 1", "fix the YAML syntax"],
+    ),
+    "yaml-tab-indent": ("model:\n\tarch: gru\n", [], ["cfg.yaml", "line 2, column 1"]),
+    "unknown-key-suggests": ("model:\n  atention: dot\n", [], ["model.atention", "unknown key", "did you mean 'attention'"]),
+    "unknown-section-suggests": ("modle:\n  arch: gru\n", [], ["modle", "did you mean 'model'"]),
+    "unknown-key-no-close-match": ("train:\n  zzz: 1\n", [], ["train.zzz", "allowed keys", "batch_tokens"]),
+    "wrong-type-int": ("model:\n  hidden_dim: big\n", [], ["model.hidden_dim", "expected an integer", "'big'"]),
+    "wrong-type-float-for-int": ("model:\n  hidden_dim: 32.5\n", [], ["model.hidden_dim", "expected an integer"]),
+    "wrong-type-bool": ("model:\n  tie_embeddings: 3\n", [], ["model.tie_embeddings", "true or false"]),
+    "wrong-type-list": ("train:\n  betas: 0.9\n", [], ["train.betas", "list of 2 numbers"]),
+    "bad-choice": ("model:\n  attention: bahdanau_x\n", [], ["model.attention", "'bahdanau_x'", "additive"]),
+    "section-not-mapping": ("model: 5\n", [], ["model", "expected a mapping"]),
+    "null-value": ("model:\n  hidden_dim:\n", [], ["model.hidden_dim", "required"]),
+    "negative-dropout": ("", ["model.dropout=-0.1"], ["model.dropout", "-0.1", "between 0.0 and 1.0"]),
+    "beam-size-0": ("decode:\n  beam_size: 0\n", [], ["decode.beam_size", "at least 1"]),
+    "beam-size-0-set": ("", ["decode.beam_size=0"], ["decode.beam_size", "at least 1"]),
+    "window-0": ("", ["model.window=0"], ["model.window", "at least 1"]),
+    "lr-0": ("", ["train.lr=0"], ["train.lr", "greater than 0"]),
+    "transformer-without-attention": (
+        "model:\n  arch: transformer\n  attention: none\n", [], ["model.attention", "'none'", "transformer"],
+    ),
+    "share-vocab-needs-joint": (
+        "model:\n  share_vocab: true\ndata:\n  tokenizer:\n    joint: false\n", [],
+        ["model.share_vocab", "data.tokenizer.joint"],
+    ),
+    "heads-divide-hidden": (
+        "model:\n  arch: transformer\n  hidden_dim: 30\n  heads: 4\n", [], ["model.hidden_dim", "model.heads"],
+    ),
+    "same-languages": ("data:\n  src_lang: en\n  tgt_lang: en\n", [], ["data.tgt_lang"]),
+    "set-without-equals": ("", ["foo"], ["--set 'foo'", "key.path=value"]),
+    "set-empty-path-part": ("", ["model..x=1"], ["model..x=1", "key.path=value"]),
+    "set-unknown-key": ("", ["model.atention=dot"], ["model.atention", "did you mean 'attention'"]),
+    "set-into-a-value": ("model:\n  arch: gru\n", ["model.arch.x=1"], ["--set model.arch.x", "not a section"]),
+    "set-bad-yaml-value": ("", ["model.arch=[gru"], ["model.arch=[gru", "not valid YAML"]),
+    "top-level-list": ("- model\n- train\n", [], ["cfg.yaml", "top level must be a mapping"]),
+    "top-level-scalar": ("just some text\n", [], ["cfg.yaml", "top level must be a mapping"]),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=list(CONFIG_CASES))
+def test_config_errors(case: str, tmp_path: Path) -> None:
+    text, overrides, fragments = CONFIG_CASES[case]
+    (tmp_path / "cfg.yaml").write_text(text, encoding="utf-8")
+    args = [arg for expr in overrides for arg in ("--set", expr)]
+    result = run_attn("config", "show", "cfg.yaml", *args, cwd=tmp_path)
+    assert_user_error(result, *fragments)
+    assert result.stdout == ""
+
+
+def test_config_file_missing(tmp_path: Path) -> None:
+    result = run_attn("config", "show", "nope.yaml", cwd=tmp_path)
+    assert_user_error(result, "nope.yaml", "not found")
+
+
+def test_config_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "cfg.yaml").write_bytes(b"output_dir: caf\xe9\n")
+    assert_user_error(run_attn("config", "show", "cfg.yaml", cwd=tmp_path), "cfg.yaml", "UTF-8")
+
+
+def test_config_is_binary(tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(BINARY)
+    assert_user_error(run_attn("config", "show", "model.pt", cwd=tmp_path), "model.pt")
+
+
+def test_bad_config_leaves_existing_run_untouched(tmp_path: Path, run_dir: Path) -> None:
+    """`attn train` with a broken config fails before touching the output_dir it names."""
+    out = copy_run(run_dir, tmp_path / "run")
+    (tmp_path / "cfg.yaml").write_text(f"output_dir: {out}\nmodel:\n  dropout: 2\n", encoding="utf-8")
+    before = snapshot(out)
+    assert_user_error(run_attn("train", "cfg.yaml", cwd=tmp_path), "model.dropout", "between 0.0 and 1.0")
+    assert snapshot(out) == before
+
+
+# ============================================================================ data (attn tokenize)
+
+
+def tokenize(config: Path, *sets: str):
+    args = [arg for expr in sets for arg in ("--set", expr)]
+    return run_attn("tokenize", config, *args, cwd=config.parent)
+
+
+def test_missing_corpus_file(config: Path, corpus: Path) -> None:
+    (corpus / "train.en").unlink()
+    assert_user_error(tokenize(config), str(corpus / "train.en"), "not found", "data.train")
+
+
+def test_missing_valid_prefix(config: Path, corpus: Path) -> None:
+    assert_user_error(tokenize(config, f"data.valid={corpus / 'dev'}"), str(corpus / "dev.es"), "not found")
+
+
+def test_line_count_mismatch_names_both_files(config: Path, corpus: Path) -> None:
+    lines = (corpus / "train.en").read_text(encoding="utf-8").splitlines(keepends=True)
+    (corpus / "train.en").write_text("".join(lines[:-3]), encoding="utf-8")
+    assert_user_error(
+        tokenize(config), f"{corpus / 'train.es'} has 200 lines", f"{corpus / 'train.en'} has 197",
+    )
+
+
+def test_empty_corpus(config: Path, corpus: Path) -> None:
+    (corpus / "train.es").write_bytes(b"")
+    (corpus / "train.en").write_bytes(b"")
+    assert_user_error(tokenize(config), str(corpus / "train.es"), "empty")
+
+
+def test_everything_filtered_keeps_previous_prepared_data(tmp_path: Path, config: Path) -> None:
+    """data.max_len so small no pair survives: a clear error, and the earlier prepared folder
+    (built by a good run) is still there, byte for byte."""
+    assert tokenize(config).returncode == 0
+    prepared = tmp_path / "run" / "data"
+    before = snapshot(tmp_path / "run")
+    assert (prepared / "stamp.json").is_file()
+    assert_user_error(tokenize(config, "data.max_len=2"), "data.max_len", "filtered out", "raise")
+    assert snapshot(tmp_path / "run") == before  # no staging folder left behind either
+
+
+def test_invalid_utf8_in_corpus_names_file_and_line(config: Path, corpus: Path) -> None:
+    lines = (corpus / "train.es").read_bytes().split(b"\n")
+    lines[6] = b"Jes\xfas dijo: caf\xe9"  # Latin-1, not UTF-8
+    (corpus / "train.es").write_bytes(b"\n".join(lines))
+    assert_user_error(tokenize(config), str(corpus / "train.es"), "line 7", "UTF-8")
+
+
+def test_binary_file_as_corpus(config: Path, corpus: Path) -> None:
+    (corpus / "valid.en").write_bytes(BINARY)
+    assert_user_error(tokenize(config), str(corpus / "valid.en"), "line 1", "binary")
+
+
+def test_prepared_dir_is_a_file(tmp_path: Path, config: Path) -> None:
+    (tmp_path / "prepared").write_text("keep me\n")
+    assert_user_error(tokenize(config, f"data.prepared_dir={tmp_path / 'prepared'}"),
+                      str(tmp_path / "prepared"), "not a folder")
+    assert (tmp_path / "prepared").read_text() == "keep me\n"
+
+
+def test_prepared_dir_holds_something_else(tmp_path: Path, config: Path) -> None:
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.tex").write_text("\\section{Intro}\n")
+    before = snapshot(other)
+    assert_user_error(tokenize(config, f"data.prepared_dir={other}"), str(other), "not empty")
+    assert snapshot(other) == before
+
+
+# ============================================================================ train
+
+
+def test_train_refuses_a_different_run(tmp_path: Path, run_dir: Path, config: Path) -> None:
+    out = copy_run(run_dir, tmp_path / "run")
+    before = snapshot(out)
+    assert {"config.yaml", "checkpoints/best.pt"} <= set(before)
+    result = run_attn("train", config, "--set", "model.hidden_dim=48", cwd=tmp_path)
+    assert_user_error(result, str(out), "already holds a run", "--resume", "--overwrite")
+    assert snapshot(out) == before
+
+
+def test_resume_with_nothing_to_resume(tmp_path: Path, config: Path) -> None:
+    result = run_attn("train", config, "--resume", cwd=tmp_path)
+    assert_user_error(result, "output_dir", str(tmp_path / "run"), "no checkpoint to resume")
+    assert not (tmp_path / "run").exists()
+
+
+def test_output_dir_is_a_file(tmp_path: Path, config: Path) -> None:
+    (tmp_path / "run").write_text("notes\n")
+    assert_user_error(run_attn("train", config, cwd=tmp_path), "output_dir", "exists and is a file")
+    assert (tmp_path / "run").read_text() == "notes\n"
+
+
+def test_train_with_missing_data(tmp_path: Path, config: Path, corpus: Path) -> None:
+    (corpus / "valid.es").unlink()
+    assert_user_error(run_attn("train", config, cwd=tmp_path), str(corpus / "valid.es"), "not found")
+
+
+@pytest.mark.xfail(reason="trainer.train writes output_dir/config.yaml before checking the data, so the "
+                          "failed run blocks the next one ('already holds a run'); fix in seq2seq/training",
+                   strict=False)
+def test_failed_train_does_not_block_the_next_one(tmp_path: Path, config: Path, corpus: Path) -> None:
+    (corpus / "valid.es").rename(corpus / "valid.es.bak")
+    assert run_attn("train", config, cwd=tmp_path).returncode == 2
+    (corpus / "valid.es.bak").rename(corpus / "valid.es")
+    result = run_attn("train", config, "--set", "train.max_steps=1", "--quiet", cwd=tmp_path)
+    assert "already holds a run" not in result.stderr
+
+
+# ============================================================================ translate
+
+
+def translate(ckpt: Path, *args: object, cwd: Path, input: bytes | str | None = None):
+    return run_attn("translate", "--checkpoint", ckpt, "--beam", "1", *args, cwd=cwd, input=input)
+
+
+def test_beam_0_option(tmp_path: Path, ckpt: Path) -> None:
+    result = run_attn("translate", "--checkpoint", ckpt, "--beam", "0", cwd=tmp_path, input="hola\n")
+    assert_user_error(result, "--beam")
+
+
+def test_missing_required_option(tmp_path: Path) -> None:
+    assert_user_error(run_attn("translate", cwd=tmp_path), "--checkpoint")
+
+
+def test_unknown_command(tmp_path: Path) -> None:
+    assert_user_error(run_attn("tranlsate", cwd=tmp_path), "tranlsate")
+
+
+def test_invalid_utf8_on_stdin(tmp_path: Path, ckpt: Path) -> None:
+    result = translate(ckpt, cwd=tmp_path, input=b"hola\ncaf\xe9 con leche\n")
+    assert_user_error(result, "stdin line 2", "UTF-8")
+
+
+def test_invalid_utf8_in_input_file(tmp_path: Path, ckpt: Path) -> None:
+    (tmp_path / "in.es").write_bytes(b"hola\n\nadi\xf3s\n")
+    assert_user_error(translate(ckpt, "--input", "in.es", cwd=tmp_path), "in.es line 3", "UTF-8")
+
+
+def test_binary_input_file(tmp_path: Path, ckpt: Path) -> None:
+    """A checkpoint given as the text to translate (an easy slip with -c/-i)."""
+    assert_user_error(translate(ckpt, "--input", ckpt, cwd=tmp_path), str(ckpt), "line ")
+
+
+def test_input_file_missing(tmp_path: Path, ckpt: Path) -> None:
+    assert_user_error(translate(ckpt, "--input", "nope.es", cwd=tmp_path), "--input", "nope.es", "not found")
+
+
+def test_output_is_a_directory(tmp_path: Path, ckpt: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("old\n")
+    before = snapshot(tmp_path / "out")
+    assert_user_error(translate(ckpt, "--output", "out", cwd=tmp_path, input="hola\n"),
+                      "--output", "is a directory")
+    assert snapshot(tmp_path / "out") == before
+
+
+def test_failed_translate_keeps_the_previous_output(tmp_path: Path, ckpt: Path) -> None:
+    (tmp_path / "out.en").write_text("last week's translations\n")
+    (tmp_path / "in.es").write_bytes(b"hola\nbuenos d\xedas\n")
+    before = snapshot(tmp_path)
+    assert_user_error(translate(ckpt, "-i", "in.es", "-o", "out.en", cwd=tmp_path), "in.es line 2")
+    assert snapshot(tmp_path) == before  # the old output, and no temp file left
+
+
+def test_attention_plots_is_a_file(tmp_path: Path, ckpt: Path) -> None:
+    (tmp_path / "plots").write_text("x\n")
+    result = translate(ckpt, "--attention-plots", "plots", cwd=tmp_path, input="hola\n")
+    assert_user_error(result, "--attention-plots", "plots", "is a file")
+    assert (tmp_path / "plots").read_text() == "x\n"
+
+
+def test_nbest_larger_than_beam(tmp_path: Path, ckpt: Path) -> None:
+    result = run_attn("translate", "-c", ckpt, "--beam", "2", "--nbest", "3", cwd=tmp_path, input="hola\n")
+    assert_user_error(result, "nbest 3", "2")
+
+
+def test_tokenizer_folder_missing(tmp_path: Path, ckpt: Path) -> None:
+    result = translate(ckpt, "--tokenizer", "no-such-dir", cwd=tmp_path, input="hola\n")
+    assert_user_error(result, "no-such-dir")
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer(session_dir: Path) -> Path:
+    """A tokenizer trained on the same text with another vocabulary size."""
+    from seq2seq.config import load_config
+    from seq2seq.data.tokenizer import train_tokenizer
+
+    corpus = write_corpus(session_dir / "other-corpus", {"train": 100})
+    folder = session_dir / "other-tokenizer"
+    folder.mkdir(exist_ok=True)
+    cfg = load_config(None, [f"data.train={corpus / 'train'}", "data.tokenizer.vocab_size=120"])
+    train_tokenizer(cfg.data, folder)
+    return folder
+
+
+def test_tokenizer_from_another_vocabulary(tmp_path: Path, ckpt: Path, other_tokenizer: Path) -> None:
+    result = translate(ckpt, "--tokenizer", other_tokenizer, cwd=tmp_path, input="hola\n")
+    assert_user_error(result, str(other_tokenizer), "not the one", "drop --tokenizer")
+    assert result.stdout == ""
+
+
+def test_tokenizer_of_the_checkpoint_is_accepted(tmp_path: Path, ckpt: Path, run_dir: Path) -> None:
+    result = translate(ckpt, "--tokenizer", run_dir / "data", cwd=tmp_path, input="hola\n")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+
+
+def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
+    path = folder / f"{kind}.pt"
+    if kind == "truncated":
+        data = good.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "random-bytes":
+        path.write_bytes(bytes((i * 7919 + 13) % 251 for i in range(4096)))
+    elif kind == "text-file":
+        path.write_text("model: gru\nthis is a config, not a checkpoint\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "format-999":
+        import torch
+
+        payload = torch.load(good, map_location="cpu", weights_only=True)
+        payload["format"] = 999
+        torch.save(payload, path)
+    elif kind == "plain-dict":
+        import torch
+
+        torch.save({"weights": torch.zeros(3)}, path)
+    return path
+
+
+BAD_CHECKPOINTS = {
+    "truncated": "truncated or corrupt",
+    "random-bytes": "not a readable attn checkpoint",
+    "text-file": "not a readable attn checkpoint",
+    "empty": "not a readable attn checkpoint",
+    "format-999": "format 999",
+    "plain-dict": "not an attn checkpoint",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
+def test_bad_checkpoint(kind: str, tmp_path: Path, ckpt: Path) -> None:
+    path = bad_checkpoint(kind, ckpt, tmp_path)
+    before = snapshot(tmp_path)
+    result = translate(path, cwd=tmp_path, input="hola\n")
+    assert_user_error(result, str(path), BAD_CHECKPOINTS[kind])
+    assert snapshot(tmp_path) == before
+
+
+def test_checkpoint_missing(tmp_path: Path) -> None:
+    result = run_attn("translate", "-c", "model.pt", cwd=tmp_path, input="hola\n")
+    assert_user_error(result, "model.pt", "not found")
+
+
+def test_run_dir_without_checkpoints(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    result = run_attn("translate", "-c", "run", cwd=tmp_path, input="hola\n")
+    assert_user_error(result, "run", "no checkpoints")
+
+
+def test_bad_checkpoint_in_evaluate(tmp_path: Path, ckpt: Path) -> None:
+    path = bad_checkpoint("format-999", ckpt, tmp_path)
+    (tmp_path / "src.es").write_text("hola\n")
+    (tmp_path / "ref.en").write_text("hello\n")
+    result = run_attn("evaluate", "-r", "ref.en", "-c", path, "--src", "src.es", cwd=tmp_path)
+    assert_user_error(result, str(path), "format 999")
+
+
+# ============================================================================ evaluate
+
+
+@pytest.fixture
+def texts(tmp_path: Path) -> Path:
+    (tmp_path / "hyp.en").write_text("in the beginning\nand god said\nlet there be light\n")
+    (tmp_path / "ref.en").write_text("In the beginning\nAnd God said\nLet there be light\n")
+    return tmp_path
+
+
+def test_evaluate_needs_hyp_or_checkpoint(texts: Path) -> None:
+    assert_user_error(run_attn("evaluate", "-r", "ref.en", cwd=texts), "--hyp", "--checkpoint")
+
+
+def test_evaluate_reference_of_the_wrong_length(texts: Path) -> None:
+    (texts / "ref.en").write_text("In the beginning\nAnd God said\n")
+    (texts / "eval").mkdir()
+    (texts / "eval" / "report.json").write_text('{"bleu": 31.4}\n')
+    (texts / "results.csv").write_text("bleu\n31.4\n")
+    before = snapshot(texts)
+    result = run_attn("evaluate", "-r", "ref.en", "--hyp", "hyp.en", cwd=texts)
+    assert_user_error(result, "ref.en has 2 lines", "hyp.en has 3")
+    assert snapshot(texts) == before
+
+
+def test_evaluate_reference_is_binary(texts: Path) -> None:
+    (texts / "ref.en").write_bytes(BINARY)
+    assert_user_error(run_attn("evaluate", "-r", "ref.en", "--hyp", "hyp.en", cwd=texts), "ref.en", "line 1")
+
+
+def test_evaluate_reference_missing(texts: Path) -> None:
+    assert_user_error(run_attn("evaluate", "-r", "nope.en", "--hyp", "hyp.en", cwd=texts), "--ref", "nope.en")
+
+
+def test_evaluate_hypotheses_not_utf8(texts: Path) -> None:
+    (texts / "hyp.en").write_bytes(b"in the beginning\nand god said\nlet there be l\xefght\n")
+    assert_user_error(run_attn("evaluate", "-r", "ref.en", "--hyp", "hyp.en", cwd=texts), "hyp.en", "line 3", "UTF-8")
+
+
+def test_evaluate_checkpoint_without_src(texts: Path, ckpt: Path) -> None:
+    assert_user_error(run_attn("evaluate", "-r", "ref.en", "-c", ckpt, cwd=texts), "--src")
+
+
+def test_evaluate_report_dir_is_a_file(texts: Path) -> None:
+    (texts / "report").write_text("keep\n")
+    result = run_attn("evaluate", "-r", "ref.en", "--hyp", "hyp.en", "--report-dir", "report", cwd=texts)
+    assert_user_error(result, "--report-dir", "report", "is a file")
+    assert (texts / "report").read_text() == "keep\n"
+
+
+def test_evaluate_checkpoint_wrong_length_keeps_previous_hypotheses(tmp_path: Path, ckpt: Path) -> None:
+    """--checkpoint/--src with a reference of the wrong length: refused before translating,
+    and the hypotheses.txt of an earlier evaluation in --report-dir is not overwritten."""
+    (tmp_path / "src.es").write_text("hola\nadiós\n")
+    (tmp_path / "ref.en").write_text("hello\n")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "hypotheses.txt").write_text("earlier hypotheses\n")
+    before = snapshot(tmp_path)
+    result = run_attn("evaluate", "-r", "ref.en", "-c", ckpt, "--src", "src.es", "--report-dir", "eval",
+                      cwd=tmp_path)
+    assert_user_error(result, "ref.en", "1 line", "src.es", "2")
+    assert snapshot(tmp_path) == before
+
+
+# ============================================================================ average
+
+
+def test_average_without_checkpoints(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    assert_user_error(run_attn("average", "run", "-o", "avg.pt", cwd=tmp_path), "run", "no step checkpoints")
+
+
+def test_average_output_is_a_directory(tmp_path: Path, run_dir: Path) -> None:
+    out = copy_run(run_dir, tmp_path / "run")
+    (tmp_path / "avg").mkdir()
+    before = snapshot(tmp_path)
+    result = run_attn("average", "run", "-o", "avg", cwd=tmp_path)
+    assert_user_error(result, "avg")
+    assert snapshot(tmp_path) == before
+    assert out.is_dir()
+
+
+# ============================================================================ experiment
+
+
+def test_sweep_with_an_empty_grid(tmp_path: Path, config: Path) -> None:
+    if run_attn("experiment", "--help", cwd=tmp_path).returncode != 0:
+        pytest.skip("attn experiment is not available yet")
+    (tmp_path / "sweep.yaml").write_text(f"base: {config}\noutput_dir: {tmp_path / 'sweep'}\ngrid: {{}}\n")
+    result = run_attn("experiment", "sweep.yaml", "--dry-run", cwd=tmp_path)
+    assert_user_error(result, "sweep.yaml", "grid")
+    assert not (tmp_path / "sweep").exists()
+
+
+# ============================================================================ read-only locations
+
+
+class ReadOnly:
+    """Make every write under ``root`` fail with EROFS, as on a read-only mount (tests run as
+    root, so chmod cannot make a folder unwritable). Reads still work."""
+
+    WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = str(root.resolve())
+        real_open, real_os_open = io.open, os.open
+
+        def inside(path) -> bool:
+            try:
+                return os.path.abspath(os.fspath(path)).startswith(self.root)
+            except TypeError:  # a file descriptor
+                return False
+
+        def refuse(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+        def fake_open(file, mode="r", *args, **kwargs):
+            if inside(file) and any(c in mode for c in "wax+"):
+                refuse(file)
+            return real_open(file, mode, *args, **kwargs)
+
+        def fake_os_open(path, flags, *args, **kwargs):
+            if inside(path) and flags & self.WRITE_FLAGS:
+                refuse(path)
+            return real_os_open(path, flags, *args, **kwargs)
+
+        def guard(real):
+            def wrapper(path, *args, **kwargs):
+                if inside(path):
+                    refuse(path)
+                return real(path, *args, **kwargs)
+            return wrapper
+
+        def guard_two(real):
+            def wrapper(src, dst, *args, **kwargs):
+                if inside(src) or inside(dst):
+                    refuse(dst)
+                return real(src, dst, *args, **kwargs)
+            return wrapper
+
+        monkeypatch.setattr(io, "open", fake_open)
+        monkeypatch.setattr("builtins.open", fake_open)
+        monkeypatch.setattr(os, "open", fake_os_open)
+        for name in ("mkdir", "unlink", "remove", "rmdir"):
+            monkeypatch.setattr(os, name, guard(getattr(os, name)))
+        for name in ("replace", "rename"):
+            monkeypatch.setattr(os, name, guard_two(getattr(os, name)))
+
+
+def invoke(args: list[str], stdin: str = "") :
+    """Run the CLI in this process (so the ReadOnly patches apply); stderr kept separate."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=stdin)
+
+
+def assert_in_process_user_error(result, *fragments: str) -> None:
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 2, (result.exit_code, result.stderr)
+    line = error_line(result.stderr)
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in the error line: {line}"
+
+
+@pytest.fixture
+def read_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "existing.txt").write_text("already here\n")
+    ReadOnly(ro, monkeypatch)
+    return ro
+
+
+def test_read_only_translate_output(read_only: Path, ckpt: Path) -> None:
+    before = snapshot(read_only)
+    result = invoke(["translate", "-c", ckpt, "--beam", "1", "-o", read_only / "out.en"], stdin="hola\n")
+    assert_in_process_user_error(result, "--output", str(read_only / "out.en"), "Read-only file system")
+    assert snapshot(read_only) == before
+
+
+def test_read_only_train_output_dir(read_only: Path, config: Path) -> None:
+    before = snapshot(read_only)
+    result = invoke(["train", config, "--set", f"output_dir={read_only / 'run'}"])
+    assert_in_process_user_error(result, "output_dir", str(read_only / "run"), "Read-only file system")
+    assert snapshot(read_only) == before
+
+
+def test_read_only_prepared_dir(read_only: Path, config: Path) -> None:
+    before = snapshot(read_only)
+    result = invoke(["tokenize", config, "--set", f"data.prepared_dir={read_only / 'data'}"])
+    assert_in_process_user_error(result, str(read_only / "data"), "Read-only file system")
+    assert snapshot(read_only) == before
+
+
+def test_read_only_report_dir(read_only: Path, texts: Path) -> None:
+    before = snapshot(read_only)
+    result = invoke(["evaluate", "-r", texts / "ref.en", "--hyp", texts / "hyp.en",
+                     "--report-dir", read_only / "eval"])
+    assert_in_process_user_error(result, "--report-dir", "Read-only file system")
+    assert snapshot(read_only) == before
+
+
+def test_read_only_average_output(read_only: Path, tmp_path: Path, run_dir: Path) -> None:
+    copy_run(run_dir, tmp_path / "run")
+    before = snapshot(read_only)
+    result = invoke(["average", tmp_path / "run", "-o", read_only / "avg.pt"])
+    assert_in_process_user_error(result, str(read_only / "avg.pt"), "Read-only file system")
+    assert snapshot(read_only) == before
+
+
+# ============================================================================ awkward but valid input
+
+
+def test_empty_and_blank_lines_translate_to_empty_lines(tmp_path: Path, ckpt: Path) -> None:
+    result = translate(ckpt, cwd=tmp_path, input="\n      \nEn el principio.\n\n\t\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.split("\n")
+    assert out[-1] == "" and len(out) - 1 == 5, result.stdout
+    assert out[0] == out[1] == out[3] == out[4] == ""
+
+
+def test_input_without_final_newline(tmp_path: Path, ckpt: Path) -> None:
+    result = translate(ckpt, cwd=tmp_path, input="hola\r\nadiós")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_very_long_lines(tmp_path: Path, ckpt: Path) -> None:
+    """A 1,000-character line, a line far over the model's source limit (truncated with a
+    warning) and a line of only spaces: no crash, one output line per input line."""
+    words = (SAMPLE / "train.es").read_text(encoding="utf-8").split()
+    thousand = " ".join(words)[:1000]
+    huge = " ".join(words)[:30_000]
+    lines = [thousand, " " * 1000, huge, "Y dijo Dios."]
+    (tmp_path / "in.es").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = translate(ckpt, "-i", "in.es", "-o", "out.en", "--max-len-a", "0.2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    out = (tmp_path / "out.en").read_text(encoding="utf-8").split("\n")
+    assert len(out) == len(lines) + 1 and out[-1] == ""
+    assert out[1] == ""
