@@ -54,6 +54,22 @@ def training_flops_per_target_token(cfg: Config, src_per_tgt: float, mean_src: f
     return weights + attention
 
 
+def training_step(trainer: Trainer, group: list) -> dict:
+    """One optimizer update, whichever way the trainer spells it (one method, or two halves)."""
+    if hasattr(trainer, "accumulate_gradients") and hasattr(trainer, "apply_update"):
+        return trainer.apply_update(trainer.accumulate_gradients(group))
+    return trainer.optimizer_step(group)
+
+
+def checkpoint_payload(trainer: Trainer, ckpt) -> dict:
+    """The trainer's checkpoint payload; newer trainers take the RNG states of every rank."""
+    import inspect
+
+    if "rng_states" in inspect.signature(trainer.checkpoint_payload).parameters:
+        return trainer.checkpoint_payload([ckpt.rng_state()])
+    return trainer.checkpoint_payload()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
@@ -75,12 +91,12 @@ def main() -> None:
     for step in range(args.warmup + args.steps):
         group = next(batches)
         start = time.perf_counter()
-        figures = trainer.optimizer_step(group)
+        figures = training_step(trainer, group)
         float(figures["loss"])  # wait for the step to finish before stopping the clock
         elapsed = time.perf_counter() - start
         if step >= args.warmup:
             seconds += elapsed
-            tgt += int(figures["tgt_tokens"])
+            tgt += int(figures.get("tgt_tokens", figures.get("tokens")))
             src += int(figures["src_tokens"])
             data = trainer.train_data
             for indices in group:
@@ -105,7 +121,7 @@ def main() -> None:
     if args.save:
         from seq2seq.training import checkpoint as ckpt
 
-        ckpt.save_atomic(trainer.checkpoint_payload(), args.save)
+        ckpt.save_atomic(checkpoint_payload(trainer, ckpt), args.save)
     print(json.dumps(result))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,7 +16,42 @@ import typer
 
 from seq2seq.errors import UserError
 
+
+class OneLineUsageErrors(typer.core.TyperGroup):
+    """Usage errors (a bad option value, a missing option, an unknown command) as one
+    ``error:`` line and exit code 2, like every other bad input, instead of click's boxed
+    multi-line message."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_as_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_as_one_line():
+            return super().invoke(ctx)
+
+
+class _usage_errors_as_one_line:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:  # recent typer vendors its own copy of click
+            from typer._click import exceptions
+        except ImportError:
+            from click import exceptions
+
+        if exc_type is None or not issubclass(exc_type, exceptions.UsageError):
+            return False
+        if isinstance(exc, getattr(exceptions, "NoArgsIsHelpError", ())):
+            return False  # `attn` alone: click shows the help, as it should
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        eprint(f"error: {message}; see `{exc.ctx.command_path if exc.ctx else 'attn'} --help`")
+        raise typer.Exit(exc.exit_code) from None
+
+
 app = typer.Typer(
+    cls=OneLineUsageErrors,
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
@@ -44,7 +80,11 @@ def friendly_errors(command):
         from seq2seq.training.trainer import TrainingStopped
 
         try:
-            return command(*args, **kwargs)
+            with warnings.catch_warnings():
+                # torch's note on the pickle protocol of a file attn did not write; load_checkpoint
+                # refuses such a file with its own one-line error.
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+                return command(*args, **kwargs)
         except UserError as exc:
             eprint(f"error: {exc}")
             raise typer.Exit(2) from None
@@ -131,6 +171,9 @@ def open_model(checkpoints: list[Path], tokenizer: Path | None, device: str):
     for other in loaded[1:]:
         check_same_vocabulary(loaded[0], other.tokenizer, str(other.path))
     if tokenizer is not None:
+        if not tokenizer.is_dir():
+            raise UserError(f"--tokenizer {tokenizer}: folder not found; pass the prepared-data folder that "
+                            "holds spm.model (<output_dir>/data), or drop --tokenizer")
         check_same_vocabulary(loaded[0], Tokenizer.load(tokenizer), str(tokenizer))
     model = loaded[0].model if len(loaded) == 1 else Ensemble([m.model for m in loaded])
     return model, loaded[0]
@@ -174,7 +217,7 @@ def translate(
     import os
 
     from seq2seq.decoding.streaming import line_batches
-    from seq2seq.decoding.translator import TranslateSettings, Translator
+    from seq2seq.decoding.translator import TranslateSettings, TranslationResult, Translator
 
     model, loaded = open_model(checkpoint, tokenizer, device)
     for m in getattr(model, "members", [model]):
@@ -202,7 +245,10 @@ def translate(
         for lines in line_batches(source_fd, settings.batch_size * 8, name=str(input or "stdin")):
             for results in translator.translate(lines, first_line=line_no + 1):
                 line_no += 1
-                for result in results:
+                # Exactly nbest lines per input, so scripts can rely on the layout; an empty
+                # line (or a search that found fewer) gives empty translations.
+                padding = [TranslationResult("", [], float("-inf"), [])] * (nbest - len(results))
+                for result in results + padding:
                     fields = [str(line_no)] if nbest > 1 else []
                     fields += [f"{result.score:.4f}"] if scores else []
                     fields.append(result.text)
@@ -336,9 +382,12 @@ def average(
     from seq2seq.decoding.search import average_checkpoints
     from seq2seq.training import checkpoint as ckpt
 
+    if output.is_dir():
+        raise UserError(f"--output {output}: is a directory; give a file path for the averaged checkpoint")
     paths = ckpt.step_checkpoints(run_dir)[-last:]
     if not paths:
         raise UserError(f"{run_dir}: no step checkpoints to average; train first")
+    make_output_dir(output.parent, "--output")
     payloads = [ckpt.load_checkpoint(p) for p in paths]
     averaged = dict(payloads[-1])
     averaged["model"] = average_checkpoints([p["model"] for p in payloads])

@@ -83,10 +83,10 @@ def prepare_data(cfg: Config, log: Callable[[str], None] = print, force: bool = 
     if previous == stamp and not force:
         log(f"tokenize: {out_dir} is up to date")
         return load_prepared(out_dir)
-    log(f"tokenize: building {out_dir} ({'forced' if force else why_stale(previous, stamp)})")
-
     check_replaceable(out_dir)
     with staging_dir(out_dir) as staging:
+        # Logged once the folder is known to be writable, so a bad prepared_dir is one error line.
+        log(f"tokenize: building {out_dir} ({'forced' if force else why_stale(previous, stamp)})")
         report = build_prepared(data, corpora, staging)
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         # Written last: a folder with a stamp is a complete folder.

@@ -32,6 +32,12 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
         settings.beam_size = beam
     sources = read_text_file(src, "--src")
     references = [read_text_file(path, "--ref") for path in refs]
+    # Checked before translating: a mismatch must not cost a decode, nor replace an earlier
+    # hypotheses.txt in report_dir.
+    for path, lines in zip(refs, references):
+        if len(lines) != len(sources):
+            raise UserError(f"--ref {path} has {len(lines)} lines but --src {src} has {len(sources)}; "
+                            "they must be line-parallel (one reference per source line)")
     tok = loaded.tokenizer
     translator = Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings, warn=warn)
     start = time.perf_counter()
@@ -41,7 +47,11 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
     pieces = sum(len(r[0].tokens) for r in results)
 
     report_dir = report_dir or Path(loaded.config.output_dir) / "eval"
-    report_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{report_dir}: cannot create the report folder ({exc.strerror}); "
+                        "pass --report-dir with a writable folder") from None
     hyp_path = report_dir / "hypotheses.txt"
     hyp_path.write_text("".join(h + "\n" for h in hypotheses), encoding="utf-8")
     metrics = score_corpus(hypotheses, references, hyps_file=str(hyp_path), refs_files=[str(p) for p in refs])

@@ -1,0 +1,154 @@
+"""Data-parallel training (DDP) with 2 CPU processes over gloo, against one process.
+
+What is guaranteed: with update_tokens = 2 x batch_tokens, one process accumulates the
+micro-batches [b0, b1], [b2, b3], ... of an epoch while rank 0 trains on b0, b2, ... and rank 1
+on b1, b3, ... -- the same sets -- *when the epoch packs into an even number of batches*. With
+an odd number the sampler halves the largest batch so that both ranks get as many batches,
+and the updates differ slightly. The tests below pick a budget that packs evenly and check
+that precondition first.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from seq2seq.config import load_config
+from seq2seq.data.batching import TokenBatchSampler
+from seq2seq.data.prepare import load_prepared
+from seq2seq.training import checkpoint as ckpt
+from seq2seq.training.trainer import RunState, Trainer, read_metrics, train, update_batches
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BATCH_TOKENS = 2000  # 14 batches per epoch on the tiny corpus: 7 updates of 2
+RUN = (f"train.batch_tokens={BATCH_TOKENS}", f"train.update_tokens={2 * BATCH_TOKENS}", "model.dropout=0.0",
+       "train.max_steps=9", "train.log_every=1", "train.valid_every=100", "train.save_every=100",
+       "train.schedule=constant", "train.warmup_steps=0", "train.lr=0.003")
+
+
+def epoch_batches(corpus, epoch: int, world_size: int = 1, rank: int = 0):
+    data = load_prepared(corpus.prepared_dir).dataset("train")
+    return TokenBatchSampler(data.src_lengths, data.tgt_lengths, BATCH_TOKENS, seed=42,
+                             rank=rank, world_size=world_size).batches(epoch)
+
+
+def test_two_ranks_see_the_micro_batches_one_process_accumulates(tiny_corpus):
+    for epoch in (0, 1):
+        single = epoch_batches(tiny_corpus, epoch)
+        assert len(single) % 2 == 0, "precondition: the epoch packs into an even number of batches"
+        ranks = [epoch_batches(tiny_corpus, epoch, 2, rank) for rank in (0, 1)]
+        single_groups = list(update_batches_of(single, 2))
+        rank_groups = [list(update_batches_of(r, 1)) for r in ranks]
+        assert len(single_groups) == len(rank_groups[0]) == len(rank_groups[1])
+        for k, group in enumerate(single_groups):
+            assert [b.tolist() for b in group] == [rank_groups[0][k][0].tolist(), rank_groups[1][k][0].tolist()]
+
+
+def update_batches_of(batches, accumulation):
+    class OneEpoch:
+        def batches(self, epoch):
+            return batches
+
+    return update_batches(OneEpoch(), accumulation, RunState(), max_epochs=1)
+
+
+# ----------------------------------------------------------------------------- 2 processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def record_training(set_attr, record_dir: Path, name: str) -> None:
+    """Save the first update's gradients and the final parameters of a run (test harness only)."""
+    accumulate, run = Trainer.accumulate_gradients, Trainer.run
+
+    def recording_accumulate(self, group):
+        figures = accumulate(self, group)
+        if self.state.step == 0:
+            torch.save({"grads": {n: p.grad.clone() for n, p in self.model.named_parameters()},
+                        "batches": [b.tolist() for b in group], "loss": figures["loss"].item()},
+                       record_dir / f"first_update_{name}.pt")
+        return figures
+
+    def recording_run(self, progress):
+        summary = run(self, progress)
+        torch.save({n: p.detach().clone() for n, p in self.model.named_parameters()}, record_dir / f"params_{name}.pt")
+        return summary
+
+    set_attr(Trainer, "accumulate_gradients", recording_accumulate)
+    set_attr(Trainer, "run", recording_run)
+
+
+def ddp_worker(rank: int, port: int, overrides: list[list[str]], record_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    record_training(setattr, Path(record_dir), f"rank{rank}")
+    train(load_config(None, overrides[rank]), log=lambda m: None, quiet=True)
+
+
+def spawn_ddp(overrides: list[list[str]], record_dir: Path, timeout: float = 240.0) -> None:
+    """Train with 2 processes (torch.multiprocessing, gloo); ``overrides[rank]`` is each rank's config."""
+    context = mp.start_processes(ddp_worker, args=(free_port(), overrides, str(record_dir)), nprocs=2,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the DDP workers did not finish within {timeout} s")
+
+
+def snapshot(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_ddp_matches_one_process_with_the_same_global_batch(tiny_corpus, tmp_path, monkeypatch):
+    record_dir = tmp_path / "records"
+    record_dir.mkdir()
+    prepared_before = snapshot(tiny_corpus.prepared_dir)
+    # Rank 1 gets an output_dir of its own: anything it wrote would show up there.
+    rank_outputs = [tmp_path / "ddp", tmp_path / "rank1-must-stay-empty"]
+    spawn_ddp([[*tiny_corpus.overrides, *RUN, f"output_dir={out}"] for out in rank_outputs], record_dir)
+
+    record_training(monkeypatch.setattr, record_dir, "single")
+    train(tiny_corpus.config(tmp_path / "single", *RUN), log=lambda m: None, quiet=True)
+
+    # The first update: the same micro-batches, the same normalised gradients.
+    single = torch.load(record_dir / "first_update_single.pt")
+    ranks = [torch.load(record_dir / f"first_update_rank{r}.pt") for r in (0, 1)]
+    assert single["batches"] == ranks[0]["batches"] + ranks[1]["batches"]
+    assert ranks[0]["loss"] == ranks[1]["loss"] == pytest.approx(single["loss"], rel=1e-6)
+    for name, grad in single["grads"].items():
+        assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name
+        assert torch.allclose(ranks[0]["grads"][name], grad, rtol=0, atol=1e-5), name
+
+    # After training: identical parameters on both ranks, close to the single process's.
+    params = [torch.load(record_dir / f"params_rank{r}.pt") for r in (0, 1)]
+    params_single = torch.load(record_dir / "params_single.pt")
+    for name, tensor in params[0].items():
+        assert torch.equal(tensor, params[1][name]), name
+        assert torch.allclose(tensor, params_single[name], rtol=0, atol=1e-4), name
+    losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if "loss" in r}
+    losses_single = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if "loss" in r}
+    assert sorted(losses) == list(range(1, 10))
+    assert losses == pytest.approx(losses_single, abs=1e-4)
+
+    # Only rank 0 wrote files; the checkpoint holds both ranks' RNG states.
+    assert not rank_outputs[1].exists()
+    assert snapshot(tiny_corpus.prepared_dir) == prepared_before
+    final = ckpt.load_checkpoint(ckpt.step_checkpoint_path(tmp_path / "ddp", 9))
+    assert len(final["rng_ranks"]) == 2 and final["run_state"]["world_size"] == 2
+    assert all(torch.equal(final["model"][n], t) for n, t in params[0].items())

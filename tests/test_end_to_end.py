@@ -1,0 +1,126 @@
+"""The four stages and a sweep through the real CLI, on a slice of the bundled corpus.
+
+Small on purpose (a few hundred pairs, a 32-wide model, a few dozen steps) so CI stays fast;
+it checks that the stages fit together and write what they promise, not translation quality.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "bible-en-es-sample"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.slow
+
+
+def attn(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, input=input,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"attn {' '.join(args)} failed:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A slice of the bundled corpus and a tiny config that points at it."""
+    root = tmp_path_factory.mktemp("e2e")
+    for split, lines in (("train", 600), ("valid", 40), ("test", 40)):
+        for lang in ("es", "en"):
+            text = (SAMPLE / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:lines]
+            (root / f"{split}.{lang}").write_text("\n".join(text) + "\n", encoding="utf-8")
+    (root / "tiny.yaml").write_text(f"""
+output_dir: {root}/run
+data:
+  train: {root}/train
+  valid: {root}/valid
+  test: {root}/test
+  tokenizer: {{vocab_size: 400}}
+model: {{arch: gru, attention: additive, embed_dim: 32, hidden_dim: 32, encoder_layers: 1, decoder_layers: 1}}
+train: {{batch_tokens: 1500, max_steps: 30, log_every: 10, valid_every: 15, lr: 0.003, warmup_steps: 5}}
+decode: {{beam_size: 3, max_len_a: 1.2, max_len_b: 5}}
+""", encoding="utf-8")
+    return root
+
+
+def test_tokenize_train_translate_evaluate(workspace: Path):
+    config = str(workspace / "tiny.yaml")
+    run = workspace / "run"
+    first = attn("tokenize", config, cwd=ROOT)
+    assert "train" in first.stderr and "pairs" in first.stderr
+    assert "up to date" in attn("tokenize", config, cwd=ROOT).stderr
+
+    attn("train", config, cwd=ROOT)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [r for r in records if "loss" in r]
+    valid_lines = [r for r in records if "valid_bleu" in r]
+    assert [r["step"] for r in train_lines] == [10, 20, 30]
+    assert [r["step"] for r in valid_lines] == [15, 30]
+    assert train_lines[-1]["loss"] < train_lines[0]["loss"]
+    assert (run / "learning_curve.png").read_bytes().startswith(PNG_MAGIC)
+    assert (run / "checkpoints" / "best.pt").is_file()
+
+    # translate: file to file with heatmaps and alignments
+    hyp = workspace / "test.hyp"
+    plots = workspace / "plots"
+    attn("translate", "-c", str(run), "-i", str(workspace / "test.es"), "-o", str(hyp),
+         "--attention-plots", str(plots), "--max-plots", "3", cwd=ROOT)
+    assert len(hyp.read_text(encoding="utf-8").splitlines()) == 40
+    pngs = sorted(plots.glob("*.png"))
+    assert len(pngs) == 3 and all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
+
+    # stdin -> stdout with n-best, scores and alignments
+    out = attn("translate", "-c", str(run), "--nbest", "2", "--scores", "--alignments",
+               cwd=ROOT, input="Y dijo Dios.\n\nSea la luz.\n").stdout.splitlines()
+    assert len(out) == 6
+    line_numbers = [row.split("\t")[0] for row in out]
+    assert line_numbers == ["1", "1", "2", "2", "3", "3"]
+    empty = [row.split("\t") for row in out if row.startswith("2\t")]
+    assert all(fields[2] == "" for fields in empty)
+
+    # evaluate a checkpoint on the test set
+    report_dir = workspace / "eval"
+    printed = attn("evaluate", "-c", str(run), "--src", str(workspace / "test.es"),
+                   "--ref", str(workspace / "test.en"), "--report-dir", str(report_dir), cwd=ROOT).stdout
+    report = json.loads((report_dir / "report.json").read_text())
+    assert {"bleu", "chrf", "ter", "signature", "sentences_per_s", "checkpoint"} <= set(report)
+    assert "nrefs:1" in printed and (report_dir / "report.md").is_file()
+    assert (workspace / "results.csv").read_text().count("\n") == 2  # header + one row
+
+    # the same scores come out of --hyp mode on the written hypotheses
+    rescored = attn("evaluate", "--hyp", str(report_dir / "hypotheses.txt"), "--ref", str(workspace / "test.en"),
+                    "--report-dir", str(workspace / "eval2"), cwd=ROOT)
+    assert json.loads((workspace / "eval2" / "report.json").read_text())["bleu"] == pytest.approx(report["bleu"])
+    assert rescored.stdout.splitlines()[0] == printed.splitlines()[0]
+
+
+def test_experiment_writes_leaderboard_and_skips_finished_points(workspace: Path):
+    sweep = workspace / "sweep.yaml"
+    sweep.write_text(f"""
+base: {workspace}/tiny.yaml
+output_dir: {workspace}/sweep
+set: {{train.max_steps: 8, train.valid_every: 8, train.log_every: 4}}
+grid:
+  model.attention: [dot, local_m]
+""", encoding="utf-8")
+    dry = attn("experiment", str(sweep), "--dry-run", cwd=ROOT).stdout
+    assert "2 points" in dry and "attention-dot" in dry and "attention-local_m" in dry
+
+    attn("experiment", str(sweep), cwd=ROOT)
+    board = workspace / "sweep"
+    rows = (board / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("point,model.attention,test_bleu")
+    assert (board / "leaderboard.png").read_bytes().startswith(PNG_MAGIC)
+    assert "attention-local_m" in (board / "leaderboard.md").read_text()
+    # both points share one tokenization
+    assert len(list(board.glob("data-*"))) == 1
+
+    again = attn("experiment", str(sweep), cwd=ROOT)
+    assert again.stderr.count("finished earlier, skipped") == 2

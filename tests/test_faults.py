@@ -1,0 +1,153 @@
+"""Faults: runs killed at random moments (also mid-checkpoint), Ctrl-C, a full disk.
+
+The kill tests start ``attn train`` as a subprocess. ``ATTN_TEST_SLOW_SAVE`` (a test hook in
+``checkpoint.save_atomic``) pauses between writing a checkpoint's temporary file and renaming
+it, so that a kill can be aimed at a checkpoint write.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seq2seq.errors import UserError
+from seq2seq.training import checkpoint as ckpt
+from seq2seq.training.trainer import read_metrics, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def attn_train(tiny_corpus, out: Path, *overrides: str, flags=(), env=None, **popen) -> subprocess.Popen:
+    config = out.parent / "empty.yaml"
+    config.write_text("# everything comes from --set\n")
+    args = [sys.executable, "-m", "cli.main", "train", str(config),
+            *tiny_corpus.cli_args(out, "train.threads=1", *overrides), *flags]
+    return subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, **popen)
+
+
+def temp_files(out: Path, pid: int | None = None) -> list[Path]:
+    """Checkpoint writes not (yet) renamed into place: all, or those of process ``pid``."""
+    folder = ckpt.checkpoint_dir(out)
+    pattern = f".*.pt.tmp{pid}" if pid else ".*.tmp*"
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+def assert_every_checkpoint_loads(out: Path) -> list[int]:
+    folder = ckpt.checkpoint_dir(out)
+    paths = ckpt.step_checkpoints(out) + ([folder / ckpt.BEST_NAME] if (folder / ckpt.BEST_NAME).exists() else [])
+    steps = []
+    for path in paths:
+        payload = ckpt.load_checkpoint(path)  # raises on a truncated or corrupt file
+        steps.append(payload["run_state"]["step"])
+    return steps
+
+
+def wait_for_temp_checkpoint(proc: subprocess.Popen, out: Path, timeout: float = 60.0) -> bool:
+    """Until ``proc`` is writing a checkpoint."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if temp_files(out, proc.pid):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def wait_for_training(proc: subprocess.Popen) -> bool:
+    """Until ``proc`` logs its first training step (it is training, not starting up)."""
+    return any(re.match(r"step +\d+/", line) for line in proc.stderr)
+
+
+@pytest.mark.slow
+def test_runs_killed_at_random_moments_resume_and_finish(tiny_corpus, tmp_path):
+    rng = random.Random(1234)
+    out = tmp_path / "run"
+    max_steps = 20
+    run = (f"train.max_steps={max_steps}", "train.save_every=2", "train.valid_every=10", "train.log_every=1",
+           "train.keep_last=3")
+    slow_save = {"ATTN_TEST_SLOW_SAVE": "0.1"}
+    killed_in_write = 0
+    # SIGKILL at a random moment once training runs, or while a checkpoint is being written.
+    for kind in ("random", "in_write", "random", "in_write", "random"):
+        resumable = ckpt.step_checkpoints(out)
+        flags = ["--resume" if resumable else "--overwrite"]
+        proc = attn_train(tiny_corpus, out, *run, flags=flags, env=slow_save,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            if kind == "in_write":
+                assert wait_for_temp_checkpoint(proc, out), "the run ended without writing a checkpoint"
+            else:
+                assert wait_for_training(proc), "the run ended before training"
+                time.sleep(rng.uniform(0.2, 2.0))
+            writing = bool(temp_files(out, proc.pid))
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        killed_in_write += writing and bool(temp_files(out, proc.pid))  # that write never got renamed
+        print(kind, writing, assert_every_checkpoint_loads(out), [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r][-1:], temp_files(out))
+    assert killed_in_write >= 2
+
+    proc = attn_train(tiny_corpus, out, *run, flags=["--quiet", "--resume"],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr
+    assert f"done: {max_steps} steps" in stderr
+    assert max(assert_every_checkpoint_loads(out)) == max_steps
+    assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, max_steps))["run_state"]["step"] == max_steps
+    assert temp_files(out) == []
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, max_steps + 1))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_after_writing_a_checkpoint(tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = attn_train(tiny_corpus, out, "train.max_steps=100000", "train.log_every=1", "train.valid_every=100000",
+                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if re.match(r"step +3/", line):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest
+    step = int(re.search(r"interrupted at step (\d+)", rest).group(1))
+    assert 3 <= step < 100000
+    assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, step))["run_state"]["step"] == step
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r][-1] == step
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run = ("train.save_every=2", "train.valid_every=100", "train.log_every=1")
+    train(tiny_corpus.config(out, *run, "train.max_steps=2"), log=lambda m: None, quiet=True)
+    previous = ckpt.step_checkpoint_path(out, 2)
+    previous_bytes = previous.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"the first bytes of a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match="disk space") as error:
+        train(tiny_corpus.config(out, *run, "train.max_steps=4"), resume=True, log=lambda m: None, quiet=True)
+    assert os.strerror(errno.ENOSPC) in str(error.value) and "step_00000004.pt" in str(error.value)
+    assert previous.read_bytes() == previous_bytes
+    assert ckpt.load_checkpoint(previous)["run_state"]["step"] == 2
+    assert ckpt.step_checkpoints(out) == [previous]
+    assert temp_files(out) == []

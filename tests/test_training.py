@@ -1,0 +1,251 @@
+"""The training loop: loss, schedules, gradient accumulation, logging, non-finite updates."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq.config import TrainConfig
+from seq2seq.data.prepare import load_prepared
+from seq2seq.data.special import PAD_ID
+from seq2seq.training import checkpoint as ckpt
+from seq2seq.training import trainer as trainer_module
+from seq2seq.training.distributed import DistInfo
+from seq2seq.training.loss import label_smoothed_nll
+from seq2seq.training.schedule import Plateau, lr_at
+from seq2seq.training.trainer import Trainer, TrainingStopped, read_metrics, seed_everything, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def make_trainer(cfg) -> Trainer:
+    seed_everything(cfg.train.seed)
+    return Trainer(cfg, load_prepared(cfg.prepared_dir), DistInfo(), torch.device("cpu"), log=lambda m: None)
+
+
+def grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+def params(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def poison_losses(monkeypatch: pytest.MonkeyPatch, bad_calls) -> None:
+    """Make the training loss NaN on the given (1-based) micro-batch calls."""
+    real = trainer_module.label_smoothed_nll
+    calls = itertools.count(1)
+
+    def patched(logits, target, smoothing):
+        sums = real(logits, target, smoothing)
+        if bad_calls(next(calls)):
+            sums.loss = sums.loss * float("nan")
+        return sums
+
+    monkeypatch.setattr(trainer_module, "label_smoothed_nll", patched)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_label_smoothing_and_padding_match_a_hand_computed_case():
+    eps = 0.1
+    rows = [[1.0, 2.0, 3.0, 0.0], [0.5, 0.5, 0.5, 2.0], [9.0, -9.0, 5.0, 7.0]]
+    targets = [2, 1, PAD_ID]  # the third position is padding: it must not count at all
+    logits = torch.tensor([rows], requires_grad=True)  # [batch 1, time 3, vocab 4]
+
+    expected_loss = expected_nll = 0.0
+    for row, target in zip(rows[:2], targets[:2]):
+        log_z = math.log(sum(math.exp(x) for x in row))
+        log_p = [x - log_z for x in row]
+        nll = -log_p[target]
+        uniform = -sum(log_p) / len(log_p)  # eps is spread over all 4 classes
+        expected_loss += (1 - eps) * nll + eps * uniform
+        expected_nll += nll
+    # Row 0: 1 - log(e + e^2 + e^3 + 1) etc.; argmax hits row 0 (index 2), misses row 1 (3 != 1).
+
+    sums = label_smoothed_nll(logits, torch.tensor([targets]), eps)
+    assert sums.loss.item() == pytest.approx(expected_loss, abs=1e-5)
+    assert sums.nll.item() == pytest.approx(expected_nll, abs=1e-5)
+    assert sums.correct.item() == 1
+    assert sums.tokens.item() == 2
+    # Same definition as torch's cross_entropy(label_smoothing=eps), as a cross-check.
+    reference = F.cross_entropy(logits[0], torch.tensor(targets), ignore_index=PAD_ID,
+                                label_smoothing=eps, reduction="sum")
+    assert sums.loss.item() == pytest.approx(reference.item(), abs=1e-5)
+    # Padding gets no gradient, whatever its logits.
+    sums.loss.backward()
+    assert torch.all(logits.grad[0, 2] == 0)
+    assert torch.all(logits.grad[0, :2].abs().sum(-1) > 0)
+    no_smoothing = label_smoothed_nll(logits, torch.tensor([targets]), 0.0)
+    assert no_smoothing.loss.item() == pytest.approx(expected_nll, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def test_inverse_sqrt_peaks_at_lr_after_warmup_then_decays_as_sqrt():
+    cfg = TrainConfig(schedule="inverse_sqrt", lr=1e-3, warmup_steps=100)
+    assert lr_at(100, cfg) == pytest.approx(1e-3)
+    assert lr_at(50, cfg) == pytest.approx(0.5e-3)  # linear warm-up
+    for step in (100, 150, 400, 900, 10_000):
+        assert lr_at(step, cfg) == pytest.approx(1e-3 * math.sqrt(100 / step))
+    curve = [lr_at(s, cfg) for s in range(1, 2001)]
+    assert max(curve) == pytest.approx(1e-3) and int(np.argmax(curve)) + 1 == 100
+    assert all(a > b for a, b in zip(curve[99:], curve[100:]))
+    noam = TrainConfig(schedule="noam", lr=1e-3, warmup_steps=100)
+    assert [lr_at(s, noam) for s in (1, 100, 777)] == [lr_at(s, cfg) for s in (1, 100, 777)]
+    floored = TrainConfig(schedule="inverse_sqrt", lr=1e-3, warmup_steps=100, min_lr=1e-4)
+    assert lr_at(10**6, floored) == pytest.approx(1e-4)
+
+
+def test_cosine_goes_from_lr_to_min_lr():
+    cfg = TrainConfig(schedule="cosine", lr=1e-3, warmup_steps=100, max_steps=1100, min_lr=1e-5)
+    assert lr_at(50, cfg) == pytest.approx(0.5e-3)
+    assert lr_at(100, cfg) == pytest.approx(1e-3)
+    assert lr_at(600, cfg) == pytest.approx((1e-3 + 1e-5) / 2)  # half-way down
+    assert lr_at(1100, cfg) == pytest.approx(1e-5)
+    assert lr_at(5000, cfg) == pytest.approx(1e-5)  # past max_steps (resumed with more steps)
+    curve = [lr_at(s, cfg) for s in range(100, 1101)]
+    assert all(a > b for a, b in zip(curve, curve[1:]))
+
+
+def test_constant_schedule_and_plateau_decay():
+    cfg = TrainConfig(schedule="constant", lr=2e-3, warmup_steps=10)
+    assert [lr_at(s, cfg) for s in (1, 5, 10, 11, 10_000)] == pytest.approx([2e-4, 1e-3, 2e-3, 2e-3, 2e-3])
+    assert lr_at(1, TrainConfig(schedule="constant", lr=2e-3, warmup_steps=0)) == 2e-3
+
+    plateau = Plateau(TrainConfig(schedule="plateau", plateau_factor=0.5, plateau_patience=1))
+    for score in (10.0, 11.0, 10.5, 10.9):  # improves, then two validations without improvement
+        plateau.update(score, higher_is_better=True)
+    assert plateau.scale == 0.5
+    restored = Plateau(TrainConfig())
+    restored.load_state_dict(plateau.state_dict())
+    assert restored.scale == 0.5 and restored.best == 11.0
+
+
+# ----------------------------------------------------------------------------- one update
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny_corpus, tmp_path):
+    trainer = make_trainer(tiny_corpus.config(tmp_path / "run", "model.dropout=0.0"))
+    full = max(trainer.sampler.batches(0)[:6], key=len)
+    assert len(full) >= 6
+
+    whole = trainer.accumulate_gradients([full])
+    expected = grads(trainer)
+    assert sum(g.norm().item() for g in expected.values()) > 0
+    for k in (2, 3):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        parts = np.array_split(full, k)
+        figures = trainer.accumulate_gradients(parts)
+        assert max_difference(grads(trainer), expected) <= 1e-6, f"{k} micro-batches"
+        assert figures["tokens"].item() == whole["tokens"].item()
+        assert figures["loss"].item() == pytest.approx(whole["loss"].item(), rel=1e-5)
+
+
+def test_a_non_finite_update_is_skipped_and_leaves_the_parameters(tiny_corpus, tmp_path, monkeypatch):
+    trainer = make_trainer(tiny_corpus.config(tmp_path / "run", "model.dropout=0.0", "train.lr=0.01",
+                                              "train.schedule=constant", "train.warmup_steps=0"))
+    group = [trainer.sampler.batches(0)[0]]
+    poison_losses(monkeypatch, lambda call: call == 2)
+
+    trainer.optimizer_step(group)  # a good step, so Adam has moments to protect
+    before = params(trainer)
+    moments = {k: v.clone() for k, v in trainer.optimizer.state[next(trainer.model.parameters())].items()}
+    figures = trainer.optimizer_step(group)  # NaN loss -> NaN gradients
+    assert not math.isfinite(figures["loss"].item())
+    assert max_difference(params(trainer), before) == 0
+    after = trainer.optimizer.state[next(trainer.model.parameters())]
+    assert all(torch.equal(after[k], v) for k, v in moments.items())
+    assert trainer.skipped.item() == 1 and trainer.bad_run.item() == 1
+    assert trainer.state.step == 2
+
+    trainer.optimizer_step(group)  # good again: parameters move, the bad run resets
+    assert max_difference(params(trainer), before) > 0
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert trainer.skipped.item() == 1 and trainer.bad_run.item() == 0
+
+
+def test_skipped_updates_are_reported_and_training_goes_on(tiny_corpus, tmp_path, monkeypatch):
+    poison_losses(monkeypatch, lambda call: call == 3)
+    messages: list[str] = []
+    cfg = tiny_corpus.config(tmp_path / "run", "train.max_steps=6", "train.log_every=2", "train.valid_every=100")
+    summary = train(cfg, log=messages.append, quiet=True)
+    assert summary.steps == 6
+    assert any("warning: skipped 1 update" in m for m in messages), messages
+    skipped = {r["step"]: r["skipped_steps"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r}
+    assert skipped == {2: 0, 4: 1, 6: 1}
+
+
+def test_max_bad_steps_in_a_row_stop_training_with_a_usable_checkpoint(tiny_corpus, tmp_path, monkeypatch):
+    poison_losses(monkeypatch, lambda call: call >= 4)
+    out = tmp_path / "run"
+    cfg = tiny_corpus.config(out, "train.max_steps=50", "train.max_bad_steps=3", "train.save_every=3",
+                             "train.valid_every=100", "train.log_every=10")
+    with pytest.raises(TrainingStopped, match="3 non-finite"):
+        train(cfg, log=lambda m: None, quiet=True)
+    last = ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 6))
+    good = ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 3))
+    assert last["run_state"]["step"] == 6
+    for name, tensor in last["model"].items():  # the three bad updates changed nothing
+        assert torch.isfinite(tensor).all()
+        assert torch.equal(tensor, good["model"][name]), name
+
+
+# ----------------------------------------------------------------------------- a short run
+
+
+@pytest.fixture(scope="module")
+def short_run(one_torch_thread, tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("short_run") / "run"
+    cfg = tiny_corpus.config(out, "train.max_steps=30", "train.log_every=3", "train.valid_every=15",
+                             "train.schedule=constant", "train.warmup_steps=0", "train.lr=0.005",
+                             "train.clip_norm=1.0")
+    summary = train(cfg, log=lambda m: None, quiet=True)
+    return out, summary, read_metrics(out / "metrics.jsonl")
+
+
+def test_loss_decreases_on_the_bundled_corpus(short_run):
+    _, summary, records = short_run
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert summary.steps == 30 and len(losses) == 10
+    assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_metrics_lines_have_the_documented_fields(short_run):
+    out, _, records = short_run
+    train_lines = [r for r in records if "loss" in r]
+    valid_lines = [r for r in records if "valid_loss" in r]
+    assert [r["step"] for r in train_lines] == list(range(3, 31, 3))
+    assert [r["step"] for r in valid_lines] == [15, 30]
+    for r in train_lines:
+        assert {"step", "loss", "lr", "tokens_per_s"} <= r.keys()
+        assert r["lr"] == pytest.approx(0.005) and r["tokens_per_s"] > 0 and r["skipped_steps"] == 0
+    for r in valid_lines:
+        assert {"step", "valid_loss", "valid_bleu"} <= r.keys()
+        assert math.isfinite(r["valid_loss"]) and r["valid_bleu"] >= 0
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line)
+
+
+def test_run_writes_curve_config_and_checkpoints(short_run):
+    out, summary, _ = short_run
+    assert (out / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
+    config = (out / "config.yaml").read_text()
+    assert "max_steps: 30" in config and "lr: 0.005" in config
+    steps = [ckpt.load_checkpoint(p)["run_state"]["step"] for p in ckpt.step_checkpoints(out)]
+    assert steps == [15, 30]
+    best = ckpt.load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["run_state"]["step"] == summary.best_step
