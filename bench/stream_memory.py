@@ -53,7 +53,9 @@ def train_tiny(folder: Path) -> Path:
     sets = [f"data.{split}={corpus / split}" for split in ("train", "valid", "test")] + TINY
     args = ["train", str(config), "--quiet"] + [a for s in sets for a in ("--set", s)]
     started = time.perf_counter()
-    subprocess.run(attn(*args), check=True, env=child_env(), cwd=folder, stdout=subprocess.DEVNULL)
+    result = subprocess.run(attn(*args), env=child_env(), cwd=folder, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"training the tiny model failed:\n{result.stderr[-3000:]}")
     print(f"trained a tiny checkpoint in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     return folder / "run" / "checkpoints" / "best.pt"
 
@@ -120,8 +122,8 @@ def measure(checkpoint: Path, n_lines: int, pool: list[bytes]) -> dict[str, floa
     if proc.returncode != 0 or out_lines != n_lines:
         raise SystemExit(f"translate failed (exit {proc.returncode}, {out_lines}/{n_lines} lines):\n"
                          f"{b''.join(errors).decode(errors='replace')[-2000:]}")
-    # RSS once the model is loaded and the first batches are through, to the end.
-    steady = [kb for done, kb in samples if done >= min(n_lines // 10, 2000)] or [kb for _, kb in samples]
+    # RSS from the first translation on (model loaded, streaming), to the end.
+    steady = [kb for done, kb in samples if done > 0]
     return {
         "lines": n_lines,
         "seconds": seconds,
@@ -145,8 +147,8 @@ def main() -> None:
 
     print(f"{'lines':>9} {'seconds':>8} {'lines/s':>8} {'peak RSS MB':>12} {'RSS while streaming MB':>23}")
     for r in results:
-        print(f"{r['lines']:>9,} {r['seconds']:>8.1f} {r['lines_per_s']:>8,.0f} {r['peak_rss_mb']:>12.1f} "
-              f"{r['steady_min_mb']:>11.1f} - {r['steady_max_mb']:<9.1f}")
+        steady = f"{r['steady_min_mb']:.1f} - {r['steady_max_mb']:.1f}" if r["steady_max_mb"] else "n/a (too quick)"
+        print(f"{r['lines']:>9,} {r['seconds']:>8.1f} {r['lines_per_s']:>8,.0f} {r['peak_rss_mb']:>12.1f} {steady:>23}")
     small, big = results
     growth = big["peak_rss_mb"] - small["peak_rss_mb"]
     print(f"peak RSS grows by {growth:+.1f} MB ({growth / small['peak_rss_mb']:+.1%}) for "

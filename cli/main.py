@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from seq2seq.errors import UserError
+from seq2seq.errors import TrainingStopped, UserError
 
 
 class OneLineUsageErrors(typer.core.TyperGroup):
@@ -77,8 +77,6 @@ def friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from seq2seq.training.trainer import TrainingStopped
-
         try:
             with warnings.catch_warnings():
                 # torch's note on the pickle protocol of a file attn did not write; load_checkpoint

@@ -1,9 +1,14 @@
-"""The one exception type for problems the user can fix (bad config, bad input files).
+"""The exceptions the CLI turns into a one-line message instead of a traceback.
 
-The CLI turns a ``UserError`` into a one-line message on stderr and exit code 2, with no
-traceback. Anything else is a bug in attn and exits with code 1.
+``UserError`` (exit code 2): a problem the user can fix (bad config, bad input files).
+``TrainingStopped`` (exit code 1): training cannot go on, for example a run of non-finite
+losses; the message says why and what to do. Anything else is a bug in attn (exit code 1).
 """
 
 
 class UserError(Exception):
     """A problem with the user's input: the message names the file, line or key and what to do."""
+
+
+class TrainingStopped(Exception):
+    """Training cannot go on (a run of non-finite losses); the message says why and what to do."""

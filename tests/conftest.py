@@ -11,6 +11,12 @@ model small enough to train a few dozen steps in seconds on a busy CPU.
 from __future__ import annotations
 
 import itertools
+import os
+
+# Every model in the tests is tiny: one thread is fastest, and two spinning OpenMP threads per
+# process slow things down many times over whenever a test runs attn in a subprocess beside
+# pytest (or anything else shares the cores). Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from dataclasses import dataclass
 from pathlib import Path
 

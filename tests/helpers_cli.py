@@ -7,6 +7,8 @@ files, real exit codes.
   that a failed command lost or overwrote nothing (``assert snapshot(d) == before``).
 * ``assert_user_error(result, *fragments)`` checks the project rule for bad input: exit code 2,
   exactly one ``error:`` line on stderr that names what is wrong, and no traceback.
+  ``run_attn(..., unchanged=folder)`` adds the other half: a failed command left every file
+  under ``folder`` as it was and added none.
 * ``tiny_run(base)`` trains the one tiny checkpoint a test session shares (cached per process).
 """
 
@@ -219,28 +221,28 @@ def assert_unchanged(before: dict[str, bytes], after: dict[str, bytes], allow_ne
     assert not (lost or changed or added), f"lost: {lost}; changed: {changed}; added: {added}"
 
 
-def error_line(stderr: str, progress: tuple[str, ...] = ()) -> str:
+def error_line(stderr: str, progress: tuple[str, ...] = (), warning: bool = False) -> str:
     """The one ``error:`` line of a failed command's stderr; fails the test when stderr has any
-    other shape. One ``warning:`` line may precede it, and so may progress lines starting with
-    one of ``progress`` (for errors that only show after slow work has begun)."""
+    other shape. With ``warning``, one ``warning:`` line may precede it; progress lines starting
+    with one of ``progress`` may too (for errors that only show once slow work has begun)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert "Traceback" not in stderr, stderr
     assert lines, "stderr is empty; a failed command must say why"
     *before, last = lines
     assert last.startswith("error: "), f"the last stderr line is not an 'error:' line:\n{stderr}"
-    others = [line for line in before if not line.startswith(progress or "\0")]
-    assert all(line.startswith("warning: ") for line in others), f"more than one line on stderr:\n{stderr}"
-    assert len(others) <= 1, f"more than one warning before the error:\n{stderr}"
+    others = [line for line in before if not (progress and line.startswith(progress))]
+    warnings = [line for line in others if line.startswith("warning: ")]
+    assert len(others) == len(warnings) <= int(warning), f"more than the error line on stderr:\n{stderr}"
     return last
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str,
-                      progress: tuple[str, ...] = ()) -> str:
+                      progress: tuple[str, ...] = (), warning: bool = False) -> str:
     """Exit code 2, one ``error:`` line (no traceback) containing every fragment; returns the line."""
     assert result.returncode == 2, (
         f"exit code {result.returncode}, expected 2\nstderr:\n{result.stderr}\nstdout:\n{result.stdout[:2000]}"
     )
-    line = error_line(result.stderr, progress)
+    line = error_line(result.stderr, progress, warning)
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} not in the error line: {line}"
     return line

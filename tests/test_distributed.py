@@ -28,6 +28,7 @@ from seq2seq.training.trainer import RunState, Trainer, read_metrics, train, upd
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 BATCH_TOKENS = 2000  # 14 batches per epoch on the tiny corpus: 7 updates of 2
+INTERRUPT_AT = 8  # the update during which Ctrl-C arrives (in epoch 2)
 RUN = (f"train.batch_tokens={BATCH_TOKENS}", f"train.update_tokens={2 * BATCH_TOKENS}", "model.dropout=0.0",
        "train.max_steps=9", "train.log_every=1", "train.valid_every=100", "train.save_every=100",
        "train.schedule=constant", "train.warmup_steps=0", "train.lr=0.003")
@@ -68,11 +69,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def record_training(set_attr, record_dir: Path, name: str) -> None:
-    """Save the first update's gradients and the final parameters of a run (test harness only)."""
+def record_training(set_attr, record_dir: Path, name: str, interrupt_at: int | None = None) -> None:
+    """Save the first update's gradients and the final parameters of a run (test harness only);
+    act as if Ctrl-C came during update ``interrupt_at``."""
     accumulate, run = Trainer.accumulate_gradients, Trainer.run
 
     def recording_accumulate(self, group):
+        if self.state.step + 1 == interrupt_at:
+            self.interrupted = True
         figures = accumulate(self, group)
         if self.state.step == 0:
             torch.save({"grads": {n: p.grad.clone() for n, p in self.model.named_parameters()},
@@ -94,11 +98,12 @@ def ddp_worker(rank: int, port: int, overrides: list[list[str]], record_dir: str
                       WORLD_SIZE="2")
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
-    record_training(setattr, Path(record_dir), f"rank{rank}")
+    # Only rank 1 "gets Ctrl-C": both ranks must stop after the same update.
+    record_training(setattr, Path(record_dir), f"rank{rank}", interrupt_at=INTERRUPT_AT if rank == 1 else None)
     train(load_config(None, overrides[rank]), log=lambda m: None, quiet=True)
 
 
-def spawn_ddp(overrides: list[list[str]], record_dir: Path, timeout: float = 240.0) -> None:
+def spawn_ddp(overrides: list[list[str]], record_dir: Path, timeout: float = 90.0) -> None:
     """Train with 2 processes (torch.multiprocessing, gloo); ``overrides[rank]`` is each rank's config."""
     context = mp.start_processes(ddp_worker, args=(free_port(), overrides, str(record_dir)), nprocs=2,
                                  join=False, start_method="spawn")
@@ -115,7 +120,7 @@ def snapshot(folder: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_ddp_matches_one_process_with_the_same_global_batch(tiny_corpus, tmp_path, monkeypatch):
+def test_ddp_matches_one_process_and_stops_together(tiny_corpus, tmp_path, monkeypatch):
     record_dir = tmp_path / "records"
     record_dir.mkdir()
     prepared_before = snapshot(tiny_corpus.prepared_dir)
@@ -123,8 +128,9 @@ def test_ddp_matches_one_process_with_the_same_global_batch(tiny_corpus, tmp_pat
     rank_outputs = [tmp_path / "ddp", tmp_path / "rank1-must-stay-empty"]
     spawn_ddp([[*tiny_corpus.overrides, *RUN, f"output_dir={out}"] for out in rank_outputs], record_dir)
 
-    record_training(monkeypatch.setattr, record_dir, "single")
-    train(tiny_corpus.config(tmp_path / "single", *RUN), log=lambda m: None, quiet=True)
+    record_training(monkeypatch.setattr, record_dir, "single", interrupt_at=INTERRUPT_AT)
+    summary = train(tiny_corpus.config(tmp_path / "single", *RUN), log=lambda m: None, quiet=True)
+    assert summary.steps == INTERRUPT_AT and "interrupted" in summary.stopped_because
 
     # The first update: the same micro-batches, the same normalised gradients.
     single = torch.load(record_dir / "first_update_single.pt")
@@ -143,12 +149,14 @@ def test_ddp_matches_one_process_with_the_same_global_batch(tiny_corpus, tmp_pat
         assert torch.allclose(tensor, params_single[name], rtol=0, atol=1e-4), name
     losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if "loss" in r}
     losses_single = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if "loss" in r}
-    assert sorted(losses) == list(range(1, 10))
+    assert sorted(losses) == list(range(1, INTERRUPT_AT + 1))
     assert losses == pytest.approx(losses_single, abs=1e-4)
 
-    # Only rank 0 wrote files; the checkpoint holds both ranks' RNG states.
+    # Both ranks stopped after the interrupted update, with a checkpoint of it; only rank 0
+    # wrote files; the checkpoint holds both ranks' RNG states.
     assert not rank_outputs[1].exists()
     assert snapshot(tiny_corpus.prepared_dir) == prepared_before
-    final = ckpt.load_checkpoint(ckpt.step_checkpoint_path(tmp_path / "ddp", 9))
+    assert [p.name for p in ckpt.step_checkpoints(tmp_path / "ddp")] == [f"step_{INTERRUPT_AT:08d}.pt"]
+    final = ckpt.load_checkpoint(ckpt.step_checkpoint_path(tmp_path / "ddp", INTERRUPT_AT))
     assert len(final["rng_ranks"]) == 2 and final["run_state"]["world_size"] == 2
     assert all(torch.equal(final["model"][n], t) for n, t in params[0].items())

@@ -7,6 +7,7 @@ it checks that the stages fit together and write what they promise, not translat
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 pytestmark = pytest.mark.slow
 
 
+# Tiny models run fastest on one thread, and two spinning OpenMP threads per process make
+# them many times slower when anything else shares the cores.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def attn(*args: str, cwd: Path, input: str | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=cwd, input=input,
-                            capture_output=True, text=True, timeout=600)
+                            capture_output=True, text=True, timeout=600, env=ONE_THREAD)
     assert result.returncode == 0, f"attn {' '.join(args)} failed:\n{result.stderr}"
     assert "Traceback" not in result.stderr
     return result

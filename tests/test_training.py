@@ -249,3 +249,19 @@ def test_run_writes_curve_config_and_checkpoints(short_run):
     assert steps == [15, 30]
     best = ckpt.load_checkpoint(out / "checkpoints" / "best.pt")
     assert best["run_state"]["step"] == summary.best_step
+
+
+def test_tensorboard_logs_the_same_figures(tiny_corpus, tmp_path, one_torch_thread):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(tiny_corpus.config(run, "train.max_steps=4", "train.log_every=2", "train.valid_every=4",
+                             "train.tensorboard=true"), quiet=True, log=lambda m: None)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/tokens_per_s", "valid/valid_bleu", "valid/valid_loss"} <= tags
+    logged = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
+    assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in logged]
+    assert events.Scalars("train/loss")[-1].value == pytest.approx(logged[-1]["loss"], rel=1e-6)

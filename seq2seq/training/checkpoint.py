@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import random
 import re
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,9 @@ _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -86,12 +86,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if "Weights only load failed" not in str(exc) else (
-            "it contains objects other than tensors and plain data (possibly code)"
-        )
-        raise UserError(f"{path}: refused to load: {reason}; only load checkpoints you trust from attn") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        # The weights-only unpickler names a GLOBAL when the pickle would import and call
+        # something (code); any other failure is a file that is not a torch checkpoint at all.
+        if "GLOBAL" in str(exc) or _pickle_imports(path):
+            raise UserError(f"{path}: refused to load: it contains objects other than tensors and plain data "
+                            "(possibly code); only load checkpoints you trust from attn") from None
+        raise UserError(f"{path}: not a readable attn checkpoint (not a file torch.save wrote)") from None
+    except Exception as exc:  # garbage makes the loader fail in many ways (zip, EOF, KeyError, ...)
+        first = str(exc).splitlines()[0] if str(exc) and not isinstance(exc, LookupError) else type(exc).__name__
         raise UserError(f"{path}: not a readable attn checkpoint (truncated or corrupt: {first[:120]})") from None
     if not isinstance(payload, dict) or "format" not in payload or "model" not in payload:
         raise UserError(f"{path}: not an attn checkpoint (no format/model entries)")
@@ -101,6 +103,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"is not supported by attn {__version__} (format {CHECKPOINT_FORMAT})"
         )
     return payload
+
+
+def _pickle_imports(path: Path) -> bool:
+    """Whether ``path`` starts with a pickle that imports something (a GLOBAL: what code-carrying
+    pickles need). Only reads opcodes, runs nothing; anything that is not a pickle gives False."""
+    try:
+        with open(path, "rb") as f:
+            return any(op.name in ("GLOBAL", "STACK_GLOBAL", "INST") for op, _, _ in pickletools.genops(f))
+    except Exception:
+        return False
 
 
 # ----------------------------------------------------------------- finding checkpoints

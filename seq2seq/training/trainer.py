@@ -1,13 +1,18 @@
 """``attn train``: the training loop, read top to bottom.
 
 train()                      set up, then loop over optimizer updates:
-  next_update()              the micro-batches of one update, from the length-bucketed sampler
-  optimizer_step()           forward/backward each micro-batch, normalise by target tokens,
-                             clip, skip non-finite updates without a host sync, step
+  update_batches()           the micro-batches of one update, from the length-bucketed sampler
+  optimizer_step()
+    accumulate_gradients()   forward/backward each micro-batch; leave in .grad the gradient of
+                             the update's loss per target token (all micro-batches and ranks)
+    apply_update()           clip, step; a non-finite update is skipped inside the fused
+                             optimizer, without waiting on the device
   log / validate / save      at their intervals; Ctrl-C and SIGTERM stop after a checkpoint
 
 The loss of an update is the sum over its real target tokens divided by their number across
-every micro-batch and rank, so accumulation and world size never change the gradient.
+every micro-batch and rank, so accumulation and world size never change the gradient. Device
+counters (loss sums, skipped updates) are read at log intervals only: on a GPU the loop never
+waits for the device in between; on the CPU reading them is free, so it happens every step.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from seq2seq import CHECKPOINT_FORMAT, __version__
 from seq2seq.config import Config, dump_config
 from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.prepare import PreparedData, prepare_data
-from seq2seq.errors import UserError
+from seq2seq.errors import TrainingStopped, UserError
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
 from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_flag,
@@ -45,10 +50,6 @@ from seq2seq.training.schedule import Plateau, lr_at
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
 CONFIG_FILE = "config.yaml"
-
-
-class TrainingStopped(Exception):
-    """Training cannot go on (a run of non-finite losses); the message says why and what to do."""
 
 
 @dataclass
@@ -98,9 +99,11 @@ def prepare_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output_dir: {out} exists and is a file; choose a directory path")
-    has_run = (out / CONFIG_FILE).exists() or bool(ckpt.step_checkpoints(out))
+    # A run that trained (metrics or checkpoints); a config.yaml alone is a run that failed early.
+    has_run = (out / METRICS_FILE).exists() or bool(ckpt.step_checkpoints(out))
     if resume and not ckpt.step_checkpoints(out):
-        raise UserError(f"output_dir: {out} has no checkpoint to resume from; run without --resume")
+        instead = "start over with --overwrite" if has_run else "run without --resume"
+        raise UserError(f"output_dir: {out} has no checkpoint to resume from; {instead}")
     if has_run and not resume and not overwrite:
         raise UserError(
             f"output_dir: {out} already holds a run; pass --resume to continue it, "
@@ -198,7 +201,9 @@ class Trainer:
         self.skipped = torch.zeros((), device=device)
         self.skipped_logged = 0
         self.interrupted = False  # set by the Ctrl-C/SIGTERM handler
+        self.tensorboard = open_tensorboard(cfg, self.out) if info.is_main else None
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
+        self.pending_interrupt: tuple[torch.Tensor, Any] | None = None  # DDP on GPU: see stop_requested
 
     # --- checkpoints ------------------------------------------------------------
 
@@ -360,13 +365,27 @@ class Trainer:
                 "(skipped); lower train.lr, set train.clip_norm, or use fp32 — the last checkpoint is usable"
             )
 
-    def stop_requested(self, figures: dict[str, Any], read_device: bool) -> bool:
-        """Ctrl-C/SIGTERM seen, by this process or (DDP) by any rank, so every rank stops together."""
+    def stop_requested(self, figures: dict[str, Any]) -> bool:
+        """Ctrl-C/SIGTERM seen by this process or, under DDP, by any rank: all stop together.
+
+        Under DDP the flags were summed over ranks with the update's figures. On a GPU the sum
+        of the previous update is read, from a host copy made when it was computed: waiting for
+        it never waits for the update the device is working on now.
+        """
         if not self.info.enabled:
             return self.interrupted
-        # The flags were summed over ranks with the update's figures; reading the sum waits for
-        # the device, so a GPU run reads it at log intervals only.
-        return read_device and bool(figures["interrupt"] > 0)
+        if self.device.type != "cuda":
+            return bool(figures["interrupt"] > 0)
+        previous = self.pending_interrupt
+        host = torch.empty((), pin_memory=True)
+        host.copy_(figures["interrupt"], non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self.pending_interrupt = (host, done)
+        if previous is None:
+            return False
+        previous[1].synchronize()
+        return bool(previous[0] > 0)
 
     # --- the run ------------------------------------------------------------------
 
@@ -416,7 +435,7 @@ class Trainer:
                                        f"{cfg.train.patience} validations")
             elif step % save_every == 0:
                 self.save()
-            if self.stop_requested(figures, read_device):
+            if self.stop_requested(figures):
                 if self.saved_step != step:
                     self.save()
                 stopped_because = f"interrupted at step {step}; continue with --resume"
@@ -459,6 +478,11 @@ class Trainer:
     def write_metrics(self, record: dict[str, Any]) -> None:
         if not self.info.is_main:
             return
+        if self.tensorboard is not None:
+            group = "valid" if "valid_loss" in record else "train"
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{group}/{key}", value, record["step"])
         try:
             with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -472,6 +496,18 @@ class Trainer:
         records = read_metrics(self.out / METRICS_FILE)
         if records:
             learning_curve(self.out / CURVE_FILE, records)
+
+
+def open_tensorboard(cfg: Config, out: Path):
+    """A TensorBoard writer in output_dir/tensorboard when train.tensorboard is on."""
+    if not cfg.train.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError("train.tensorboard: true needs the tensorboard package; "
+                        "pip install 'attn[tensorboard]' or set it to false") from None
+    return SummaryWriter(log_dir=str(out / "tensorboard"))
 
 
 class Window:
@@ -599,8 +635,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         main_log = log if info.is_main else (lambda m: None)
         if info.is_main:
             out = prepare_output_dir(cfg, resume, overwrite)
-            write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
             prepared = prepare_data(cfg, log=main_log)
+            write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
         barrier(info)
         if not info.is_main:
             prepared = prepare_data(cfg, log=main_log)  # up to date now: only loads
@@ -626,6 +662,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
                     "the update size)") from None
         if info.is_main:
             trainer.plot_curve()
+            if trainer.tensorboard is not None:
+                trainer.tensorboard.close()
         return summary
     finally:
         cleanup(info)
