@@ -30,9 +30,13 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--flush-denormal", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fused-loss", action="store_true", help="what-if: bench/loss_prototype.py's loss")
     parser.add_argument("--cpu-clock", action="store_true",
                         help="time with this thread's CPU clock (use with --threads 1: immune to other load)")
     args = parser.parse_args()
+    global label_smoothed_nll
+    if args.fused_loss:
+        from bench.loss_prototype import label_smoothed_nll
     if args.flush_denormal:
         torch.set_flush_denormal(True)
     cfg = load_config(args.config, [f"train.threads={args.threads}", *args.set])
@@ -74,6 +78,9 @@ def main() -> None:
     total = sum(sum(best[p][args.warmup:]) for p in parts)
     result["ms_per_step"] = round(total / args.steps * 1e3, 1)
     result["tok_per_s_best"] = round(tokens / total)
+    import resource
+
+    result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps(result))
 
 

@@ -77,7 +77,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--save", type=Path)
+    parser.add_argument("--fused-loss", action="store_true",
+                        help="what-if, not attn's default: train with bench/loss_prototype.py's loss")
     args = parser.parse_args()
+    if args.fused_loss:
+        import seq2seq.training.trainer as trainer_module
+
+        from bench.loss_prototype import label_smoothed_nll
+
+        trainer_module.label_smoothed_nll = label_smoothed_nll
 
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
@@ -117,6 +125,7 @@ def main() -> None:
         "achieved_gflops": flops * tgt / seconds / 1e9,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "final_loss": float(figures["loss"]) / max(float(figures["tokens"]), 1),
+        "fused_loss_what_if": args.fused_loss,
     }
     if args.save:
         from seq2seq.training import checkpoint as ckpt

@@ -66,18 +66,23 @@ def gnmt_length_penalty(num_tokens: Tensor | int, alpha: float) -> Tensor | floa
 
 
 def restrict_next_tokens(log_probs: Tensor, num_pieces: int, min_len: int, max_lens: Tensor) -> Tensor:
-    """Set the log-prob of tokens that may not come next to -inf.
+    """Set the log-prob of tokens that may not come next to -inf, in place (and return it).
 
     ``log_probs`` [N,V] scores the token after ``num_pieces`` pieces; ``max_lens`` [N] is
     each row's piece limit. Rows at their limit may only end (EOS); other rows may not end
     before ``min_len`` pieces. PAD and BOS never appear in training targets, so never here.
     """
-    vocab = torch.arange(log_probs.size(-1), device=log_probs.device)
-    is_eos = vocab == EOS_ID
-    at_limit = (max_lens <= num_pieces).unsqueeze(1)
-    may_continue = (vocab != PAD_ID) & (vocab != BOS_ID) & (~is_eos | (num_pieces >= min_len))
-    allowed = torch.where(at_limit, is_eos, may_continue)
-    return log_probs.masked_fill(~allowed, float("-inf"))
+    at_limit = (max_lens <= num_pieces).unsqueeze(1)  # [N,1]
+    eos = log_probs[:, EOS_ID].clone()
+    log_probs[:, PAD_ID] = float("-inf")
+    log_probs[:, BOS_ID] = float("-inf")
+    # Rows at their limit: everything but EOS goes (one [N,V] pass, no host sync).
+    log_probs.masked_fill_(at_limit, float("-inf"))
+    if num_pieces >= min_len:
+        log_probs[:, EOS_ID] = eos
+    else:  # too early to end, unless at the limit
+        log_probs[:, EOS_ID] = eos.masked_fill(~at_limit.squeeze(1), float("-inf"))
+    return log_probs
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -129,7 +134,9 @@ def greedy_search(
     def most_likely(log_probs: Tensor) -> Tensor:
         return log_probs.argmax(dim=-1)
 
-    return _one_token_per_step(model, src, max_len_a, max_len_b, min_len, most_likely, return_attention)
+    return _one_token_per_step(
+        model, src, max_len_a, max_len_b, min_len, most_likely, return_attention, drop_finished=True
+    )
 
 
 def sample(
@@ -168,37 +175,57 @@ def _one_token_per_step(
     min_len: int,
     choose: Callable[[Tensor], Tensor],
     return_attention: bool,
+    drop_finished: bool = False,
 ) -> list[Hypothesis]:
-    """The loop behind greedy search and sampling: ``choose`` picks a token per sentence."""
+    """The loop behind greedy search and sampling: ``choose`` picks a token per sentence.
+
+    With ``drop_finished`` (greedy), sentences that ended leave the batch once they are a
+    quarter of it, so the rest decode faster (each drop costs one reorder of the state).
+    Sampling keeps them, so that a seeded generator draws exactly as before.
+    """
     batch_size = src.size(0)
+    device = src.device
     src_lens = _source_lengths(src)
     max_lens = max_output_length(src_lens, max_len_a, max_len_b)
+    steps = int(max_lens.max()) + 1
     state = model.init_state(model.encode(src))
     prev = src.new_full((batch_size,), BOS_ID)
-    scores = torch.zeros(batch_size, device=src.device)
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=src.device)
-    chosen: list[Tensor] = []
-    attentions: list[Tensor] = []
-    for num_pieces in range(int(max_lens.max()) + 1):
+    rows = torch.arange(batch_size, device=device)  # the sentence of each live row
+    scores = torch.zeros(batch_size, device=device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    chosen = src.new_full((batch_size, steps), PAD_ID)
+    attentions = None
+    for num_pieces in range(steps):
         logits, state, attention = model.step(prev, state)
         log_probs = restrict_next_tokens(_log_probs(logits), num_pieces, min_len, max_lens)
         token = choose(log_probs)
-        # Finished sentences stay in the batch (simpler than shrinking it) but score nothing.
-        scores += log_probs.gather(1, token.unsqueeze(1)).squeeze(1).masked_fill(finished, 0.0)
+        # Finished rows still in the batch score nothing and write PAD.
+        step_scores = log_probs.gather(1, token.unsqueeze(1)).squeeze(1).masked_fill(finished, 0.0)
         token = token.masked_fill(finished, PAD_ID)
-        chosen.append(token)
+        live = rows.numel()
+        if live == batch_size:
+            scores += step_scores
+            chosen[:, num_pieces] = token
+        else:
+            scores.index_add_(0, rows, step_scores)
+            chosen[rows, num_pieces] = token
         if return_attention and attention is not None:
-            attentions.append(attention)
+            if attentions is None:
+                attentions = attention.new_zeros((batch_size, steps, attention.size(-1)), dtype=torch.float)
+            attentions[rows, num_pieces] = attention.float()
         finished |= token == EOS_ID
-        if finished.all():
+        num_finished = int(finished.sum())  # the one host sync of the step
+        if num_finished == live:
             break
+        if drop_finished and 4 * num_finished >= live:
+            keep = (~finished).nonzero().squeeze(1)
+            state = model.reorder(state, keep)
+            rows, max_lens, token, finished = rows[keep], max_lens[keep], token[keep], finished[keep]
         prev = token
 
-    all_attention = torch.stack(attentions, dim=1).float().cpu() if attentions else None
+    all_attention = attentions.cpu() if attentions is not None else None
     hypotheses = []
-    for i, (row, score, src_len) in enumerate(
-        zip(torch.stack(chosen, dim=1).tolist(), scores.tolist(), src_lens.tolist())
-    ):
+    for i, (row, score, src_len) in enumerate(zip(chosen.tolist(), scores.tolist(), src_lens.tolist())):
         length = row.index(EOS_ID)  # always there: EOS is forced at the length limit
         attention = all_attention[i, :length, :src_len].clone() if all_attention is not None else None
         hypotheses.append(Hypothesis(row[:length], score, attention))
@@ -262,6 +289,7 @@ def beam_search(
     beam_tokens = src.new_empty((src.size(0) * k, 0))
     beam_attention = src.new_zeros((src.size(0) * k, 0, src.size(1)), dtype=torch.float)
 
+    all_rows = torch.arange(src.size(0) * k, device=device)
     finished: list[_Finished] = []
     for num_pieces in range(int(max_lens.max()) + 1):
         num_live = beam_scores.size(0)
@@ -305,7 +333,9 @@ def beam_search(
             sentence_ids, max_lens, num_finished = (x[keep] for x in (sentence_ids, max_lens, num_finished))
 
         live_rows = live_rows.view(-1)
-        state = model.reorder(state, live_rows)
+        same_rows = live_rows.numel() == num_live * k and torch.equal(live_rows, all_rows[: num_live * k])
+        if not same_rows:  # (when every row kept its own beam, the state needs no copy)
+            state = model.reorder(state, live_rows)
         beam_tokens = torch.cat([beam_tokens[live_rows], live_tokens.view(-1, 1)], dim=1)
         if keep_attention:
             step_attention = attention[live_rows].float().unsqueeze(1)

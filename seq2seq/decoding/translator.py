@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from seq2seq.config import DecodeConfig
 from seq2seq.data.special import EOS_ID, PAD_ID
-from seq2seq.decoding.search import Hypothesis, beam_search, sample
+from seq2seq.decoding.search import Hypothesis, beam_search, gnmt_length_penalty, greedy_search, sample
 from seq2seq.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,15 @@ class Translator:
     def _decode(self, sources: list[list[int]]) -> list[list[Hypothesis]]:
         s = self.settings
         src = _pad(sources, device=_device_of(self.model))
+        if not s.sampling and s.beam_size == 1:
+            # Beam search with one beam is greedy search, which drops finished sentences and
+            # has no beam bookkeeping; its score is divided by the length penalty the same way.
+            hypotheses = greedy_search(
+                self.model, src, s.max_len_a, s.max_len_b, min_len=s.min_len, return_attention=s.return_attention,
+            )  # fmt: skip
+            for h in hypotheses:
+                h.score = float(h.score / gnmt_length_penalty(len(h.tokens) + 1, s.length_penalty))
+            return [[h] for h in hypotheses]
         if not s.sampling:
             return beam_search(
                 self.model, src, s.beam_size, s.length_penalty, s.max_len_a, s.max_len_b,

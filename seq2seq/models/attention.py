@@ -139,6 +139,8 @@ def build_score(kind: str, query_dim: int, key_dim: int) -> nn.Module:
 class GlobalAttention(nn.Module):
     """Attend over every real source position (additive, dot, general, scaled_dot)."""
 
+    independent_queries = True  # any queries [B,T,...] may share a memory row (beam search)
+
     def __init__(self, score: nn.Module):
         super().__init__()
         self.score = score
@@ -171,6 +173,8 @@ class LocalAttention(nn.Module):
         self.score = score
         self.half_width = half_width
         self.predictive = predictive
+        # local_m centres each query on its time step, so its queries are not interchangeable.
+        self.independent_queries = predictive
         if predictive:
             self.position = nn.Sequential(  # v^T tanh(W_p h_t)
                 nn.Linear(query_dim, query_dim, bias=False),
@@ -203,6 +207,8 @@ class LocalAttention(nn.Module):
 
 class NoAttention(nn.Module):
     """No attention: an empty context (width 0) and zero weights, so decoders need no special case."""
+
+    independent_queries = True
 
     def precompute(self, keys: Tensor) -> Tensor:
         return keys

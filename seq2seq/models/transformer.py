@@ -28,7 +28,9 @@ from torch import Tensor, nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
-from seq2seq.models.state import reorder_state
+from seq2seq.models.fastops import Dropout, ReLUDropout, dropout_noise
+from seq2seq.models.fastops import dropout as fast_dropout
+from seq2seq.models.state import SharedRows, reorder_state
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -102,13 +104,44 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
+# Up to this many queries (decoding: one per row, or a sentence's beams), without autograd,
+# plain matmul + softmax beats SDPA's fused CPU kernel several times over (0.6 vs 2 ms for
+# 320 rows of one query over 40 keys), since the fused kernel is made for long sequences.
+_FEW_QUERIES = 16
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, is_causal: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention``; ``mask`` is boolean (True = may attend) or an
+    additive float bias (0 / -inf).
+
+    On the CPU two cases run here instead: attention dropout (SDPA then falls back to its
+    unfused math path, whose dropout draws a Bernoulli number per weight; this is the same
+    math with the fast noise of ``fastops``), and decoding (see _FEW_QUERIES)."""
+    if q.device.type == "cpu":
+        if dropout > 0.0:
+            return attention_with_weights(q, k, v, mask, dropout, is_causal)[0]
+        if q.size(-2) <= _FEW_QUERIES and not (q.requires_grad or k.requires_grad or v.requires_grad):
+            return attention_with_weights(q, k, v, mask, 0.0, is_causal)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+
+
 def attention_with_weights(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout: float
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, is_causal: bool = False
 ) -> tuple[Tensor, Tensor]:
     """What SDPA computes, but also returning the weights [B,heads,T,S] (before dropout)."""
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-    return F.dropout(weights, dropout) @ v, weights
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
+    if is_causal:
+        mask = band_mask(q.size(-2), k.size(-2), None, causal=True, device=q.device)
+    if mask is not None:
+        # In place: the matmul's backward needs neither its output nor the scores.
+        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+    weights = scores.softmax(dim=-1)
+    return torch.matmul(fast_dropout(weights, dropout), v), weights
+
+
+def additive_mask(mask: Tensor) -> Tensor:
+    """Boolean mask (True = may attend) -> float bias, 0 where allowed and -inf elsewhere."""
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
 # ------------------------------------------------------------------ building blocks
@@ -124,7 +157,7 @@ class TransformerEmbedding(nn.Module):
         self.learned = None
         if cfg.positions == "learned":
             self.learned = nn.Embedding(cfg.max_positions, cfg.hidden_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, tokens: Tensor, start: int = 0) -> Tensor:
         """tokens [B,T], the first at position ``start`` -> [B,T,d]."""
@@ -152,16 +185,58 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(
-        self, x: Tensor, mask: Tensor, past: tuple[Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x [B,T,d] -> output [B,T,d], and keys/values [B,heads,past+T,d/heads] for the cache."""
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, is_causal: bool = False
+    ) -> tuple[Tensor, KVCache | None]:
+        """x [B,T,d] -> output [B,T,d]; with a cache (one new position), the cache grown by it."""
         q, k, v = (split_heads(part, self.heads) for part in self.qkv(x).chunk(3, dim=-1))
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
+        if cache is not None:
+            cache = cache.append(k, v)
+            k, v = cache.keys_values()
         dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        return self.out(merge_heads(out)), (k, v)
+        out = attend(q, k, v, mask, dropout, is_causal=is_causal)
+        return self.out(merge_heads(out)), cache
+
+
+class KVCache:
+    """One decoder layer's self-attention keys/values for the positions decoded so far.
+
+    Buffers [B, heads, capacity, d/heads] filled up to ``length``: appending a position
+    writes into the buffer (doubling it when full) instead of concatenating the whole past
+    at every step. ``append`` returns a new cache object over the same buffers, so a state
+    must be stepped from only once (as every search does); ``reorder_rows`` copies.
+    """
+
+    __slots__ = ("keys", "values", "length")
+
+    def __init__(self, keys: Tensor, values: Tensor, length: int):
+        self.keys, self.values, self.length = keys, values, length
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, head_dim: int, like: Tensor, capacity: int = 16) -> KVCache:
+        buffer = like.new_empty(batch, heads, capacity, head_dim)
+        return cls(buffer, torch.empty_like(buffer), 0)
+
+    def append(self, k: Tensor, v: Tensor) -> KVCache:
+        """k, v [B, heads, n, d/heads] -> a cache with n more positions."""
+        keys, values, length = self.keys, self.values, self.length
+        end = length + k.size(2)
+        if end > keys.size(2):
+            capacity = max(2 * keys.size(2), end)
+            grown = [t.new_empty(t.size(0), t.size(1), capacity, t.size(3)) for t in (keys, values)]
+            for new, old in zip(grown, (keys, values)):
+                new[:, :, :length] = old[:, :, :length]
+            keys, values = grown
+        keys[:, :, length:end] = k
+        values[:, :, length:end] = v
+        return KVCache(keys, values, end)
+
+    def keys_values(self) -> tuple[Tensor, Tensor]:
+        """Views [B, heads, length, d/heads] of the filled part."""
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def reorder_rows(self, indices: Tensor) -> KVCache:
+        # The whole buffer (at most twice the filled part): the copy keeps room to append.
+        return KVCache(self.keys.index_select(0, indices), self.values.index_select(0, indices), self.length)
 
 
 class CrossAttention(nn.Module):
@@ -181,17 +256,31 @@ class CrossAttention(nn.Module):
         return split_heads(k, self.heads), split_heads(v, self.heads)
 
     def forward(
-        self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor, need_weights: bool = False
+        self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor, need_weights: bool = False,
+        group: int = 1,
     ) -> tuple[Tensor, Tensor | None]:
-        """x [B,T,d] -> output [B,T,d], and weights [B,heads,T,S] when need_weights."""
+        """x [B,T,d] -> output [B,T,d], and weights [B,heads,T,S] when need_weights.
+
+        ``group`` > 1 (decoding, T = 1): keys, values and mask have one entry per group of
+        ``group`` consecutive rows of x (a sentence's beams); the group's rows attend as that
+        many queries of their one entry, so the memory is never copied per row.
+        """
+        batch, length, dim = x.shape
+        if group > 1:
+            x = x.reshape(batch // group, group * length, dim)
         q = split_heads(self.query(x), self.heads)
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             out, weights = attention_with_weights(q, keys, values, mask, dropout)
         else:
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout)
+            out = attend(q, keys, values, mask, dropout)
             weights = None
-        return self.out(merge_heads(out)), weights
+        out = merge_heads(out)
+        if group > 1:
+            out = out.reshape(batch, length, dim)
+            if weights is not None:  # [B/g, heads, g, S] -> [B, heads, 1, S]
+                weights = weights.transpose(1, 2).reshape(batch, length, self.heads, -1).transpose(1, 2)
+        return self.out(out), weights
 
 
 class FeedForward(nn.Module):
@@ -199,10 +288,13 @@ class FeedForward(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        # ReLU and dropout as one node (fastops.relu_dropout): less memory, fewer passes. The
+        # Identity keeps the second Linear at index 3, so checkpoints keep their keys.
+        activation = [ReLUDropout(cfg.dropout), nn.Identity()] if cfg.activation == "relu" else [
+            ACTIVATIONS[cfg.activation](), Dropout(cfg.dropout)]
         self.net = nn.Sequential(
             nn.Linear(cfg.hidden_dim, cfg.ffn_dim),
-            ACTIVATIONS[cfg.activation](),
-            nn.Dropout(cfg.dropout),
+            *activation,
             nn.Linear(cfg.ffn_dim, cfg.hidden_dim),
         )
 
@@ -220,7 +312,7 @@ class Residual(nn.Module):
     def __init__(self, dim: int, dropout: float, pre_norm: bool):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def sublayer_input(self, x: Tensor) -> Tensor:
@@ -261,16 +353,18 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        self_mask: Tensor,
+        self_mask: Tensor | None,
         memory_keys: Tensor,
         memory_values: Tensor,
         memory_mask: Tensor,
-        past: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
         need_weights: bool = False,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor | None]:
-        """-> output [B,T,d], self-attention keys/values for the cache, cross-attention weights."""
-        out, keys_values = self.self_attention(
-            self.self_attention_residual.sublayer_input(x), self_mask, past
+        is_causal: bool = False,
+        group: int = 1,
+    ) -> tuple[Tensor, KVCache | None, Tensor | None]:
+        """-> output [B,T,d], the grown self-attention cache (if given), cross-attention weights."""
+        out, cache = self.self_attention(
+            self.self_attention_residual.sublayer_input(x), self_mask, cache, is_causal
         )
         x = self.self_attention_residual.add(x, out)
         out, weights = self.cross_attention(
@@ -279,10 +373,11 @@ class DecoderLayer(nn.Module):
             memory_values,
             memory_mask,
             need_weights,
+            group,
         )
         x = self.cross_attention_residual.add(x, out)
         out = self.feed_forward(self.feed_forward_residual.sublayer_input(x))
-        return self.feed_forward_residual.add(x, out), keys_values, weights
+        return self.feed_forward_residual.add(x, out), cache, weights
 
 
 # ------------------------------------------------------------------ encoder and decoder
@@ -328,30 +423,37 @@ class TransformerDecoder(nn.Module):
         """
         length = tgt_in.size(1)
         x = self.embed(tgt_in)
-        self_mask = band_mask(length, length, self.window, causal=True, device=tgt_in.device)
+        # Plain causal attention needs no mask tensor: SDPA's is_causal flag.
+        self_mask, causal = None, True
+        if self.window is not None:
+            self_mask = band_mask(length, length, self.window, causal=True, device=tgt_in.device)
+            causal = False
         memory_mask = memory_mask[:, None, None, :]
         weights = None
         for i, layer in enumerate(self.layers):
             keys, values = layer.cross_attention.memory_keys_values(memory)
             x, _, layer_weights = layer(
-                x, self_mask, keys, values, memory_mask, need_weights=i == weights_layer
+                x, self_mask, keys, values, memory_mask, need_weights=i == weights_layer, is_causal=causal
             )
             weights = layer_weights if i == weights_layer else weights
         return self.output(self.final_norm(x)), weights
 
     def init_state(self, memory: Tensor, memory_mask: Tensor) -> dict:
         """The memory enters the state already projected to each layer's cross-attention
-        keys/values; every layer's self-attention cache starts empty."""
+        keys/values, shared by the rows (beams) of a sentence (state.SharedRows); every
+        layer's self-attention cache starts empty."""
         batch = memory.size(0)
         head_dim = memory.size(-1) // self.heads
-        layers = []
-        for layer in self.layers:
-            keys, values = layer.cross_attention.memory_keys_values(memory)
-            no_past = memory.new_zeros(batch, self.heads, 0, head_dim)
-            layers.append(
-                {"memory_keys": keys, "memory_values": values, "past_keys": no_past, "past_values": no_past}
-            )
-        return {"memory_mask": memory_mask, "layers": layers, "step": 0}
+        # Contiguous once per sentence, so that no step copies them for its matmuls.
+        keys, values = zip(*(
+            (k.contiguous(), v.contiguous())
+            for k, v in (layer.cross_attention.memory_keys_values(memory) for layer in self.layers)
+        ))
+        shared = SharedRows(
+            {"keys": list(keys), "values": list(values), "mask": additive_mask(memory_mask[:, None, None, :])}
+        )
+        caches = [KVCache.empty(batch, self.heads, head_dim, memory) for _ in self.layers]
+        return {"memory": shared, "caches": caches, "step": 0}
 
     def step(
         self, prev_tokens: Tensor, state: dict, weights_layer: int | None
@@ -359,25 +461,23 @@ class TransformerDecoder(nn.Module):
         """One position: prev_tokens [B] -> logits [B,V], new state, weights [B,heads,1,S]."""
         position = state["step"]
         x = self.embed(prev_tokens.unsqueeze(1), start=position)
-        self_mask = band_mask(
-            1, position + 1, self.window, causal=True, query_offset=position, device=x.device
-        )
-        memory_mask = state["memory_mask"][:, None, None, :]
-        new_layers, weights = [], None
-        for i, (layer, cache) in enumerate(zip(self.layers, state["layers"])):
-            x, (keys, values), layer_weights = layer(
-                x,
-                self_mask,
-                cache["memory_keys"],
-                cache["memory_values"],
-                memory_mask,
-                past=(cache["past_keys"], cache["past_values"]),
-                need_weights=i == weights_layer,
+        self_mask = None  # the one query may see every cached position
+        if self.window is not None:
+            self_mask = band_mask(
+                1, position + 1, self.window, causal=True, query_offset=position, device=x.device
             )
-            new_layers.append({**cache, "past_keys": keys, "past_values": values})
+        memory: SharedRows = state["memory"]
+        m = memory.entries
+        new_caches, weights = [], None
+        for i, (layer, cache) in enumerate(zip(self.layers, state["caches"])):
+            x, cache, layer_weights = layer(
+                x, self_mask, m["keys"][i], m["values"][i], m["mask"], cache=cache,
+                need_weights=i == weights_layer, group=memory.group,
+            )  # fmt: skip
+            new_caches.append(cache)
             weights = layer_weights if i == weights_layer else weights
         logits = self.output(self.final_norm(x)).squeeze(1)
-        return logits, {**state, "layers": new_layers, "step": position + 1}, weights
+        return logits, {**state, "caches": new_caches, "step": position + 1}, weights
 
 
 class Transformer(nn.Module):

@@ -1,0 +1,66 @@
+"""Decoding speed of one checkpoint: ``python -m bench.decode_speed CKPT --beam 5 [--limit N]``.
+
+Translates the first ``--limit`` lines of the test set (all by default) the way ``bench.run``
+does (Translator, the checkpoint's decode settings, batches of 64, max length 128), and prints
+one JSON object: seconds, sentences/s, output pieces/s. ``--profile`` prints torch.profiler's
+op table instead. ``--repeat`` runs the translation several times and reports the fastest
+(the machine is shared: the fastest run is the least disturbed one). ``--out FILE`` writes
+the translations, to compare two versions of the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from seq2seq.decoding.loading import load_model
+from seq2seq.decoding.translator import TranslateSettings, Translator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--limit", type=int)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "corpora" / "bible-en-es" / "test.es")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.checkpoint)
+    settings = TranslateSettings.from_config(loaded.config.decode)
+    settings.beam_size = args.beam
+    tok = loaded.tokenizer
+    translator = Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings)
+    lines = args.src.read_text(encoding="utf-8").splitlines()[: args.limit]
+    if args.profile:
+        from torch.profiler import profile
+
+        with profile(record_shapes=True) as prof:
+            translator.translate(lines)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=35))
+        return
+    best = None
+    for _ in range(args.repeat):
+        start = time.perf_counter()
+        results = translator.translate(lines)
+        seconds = time.perf_counter() - start
+        best = seconds if best is None else min(best, seconds)
+    pieces = sum(len(r[0].tokens) for r in results)
+    if args.out:
+        args.out.write_text("".join(" ".join(map(str, r[0].tokens)) + f"\t{r[0].score:.4f}\n" for r in results))
+    print(json.dumps({"beam": args.beam, "sentences": len(lines), "seconds": round(best, 3),
+                      "sentences_per_s": round(len(lines) / best, 1), "tokens_per_s": round(pieces / best),
+                      "pieces_per_sentence": round(pieces / len(lines), 1)}))
+
+
+if __name__ == "__main__":
+    main()
