@@ -115,6 +115,15 @@ def _log_probs(logits: Tensor) -> Tensor:
     return F.log_softmax(logits.float(), dim=-1)
 
 
+def _step_log_probs(logits: Tensor) -> Tensor:
+    """``_log_probs`` of a step's logits, which the search owns: float32 logits are overwritten
+    (log_softmax reads each row before writing it; the result is bit-identical), which saves
+    a fresh [rows x vocab] tensor per step."""
+    if logits.dtype != torch.float32 or not logits.is_contiguous() or logits.requires_grad:
+        return _log_probs(logits)
+    return torch.log_softmax(logits, dim=-1, out=logits)
+
+
 # --------------------------------------------------------------------------- greedy and sampling
 
 
@@ -197,7 +206,7 @@ def _one_token_per_step(
     attentions = None
     for num_pieces in range(steps):
         logits, state, attention = model.step(prev, state)
-        log_probs = restrict_next_tokens(_log_probs(logits), num_pieces, min_len, max_lens)
+        log_probs = restrict_next_tokens(_step_log_probs(logits), num_pieces, min_len, max_lens)
         token = choose(log_probs)
         # Finished rows still in the batch score nothing and write PAD.
         step_scores = log_probs.gather(1, token.unsqueeze(1)).squeeze(1).masked_fill(finished, 0.0)
@@ -295,11 +304,11 @@ def beam_search(
         num_live = beam_scores.size(0)
         prev = beam_tokens[:, -1] if num_pieces else src.new_full((num_live * k,), BOS_ID)
         logits, state, attention = model.step(prev, state)
-        log_probs = _log_probs(logits)
+        log_probs = _step_log_probs(logits)
         log_probs = restrict_next_tokens(log_probs, num_pieces, min_len, max_lens.repeat_interleave(k))
 
         # Each beam proposes at most one EOS, so among the 2k best candidates at least k go on.
-        candidates = (beam_scores.view(-1, 1) + log_probs).view(num_live, k * vocab_size)
+        candidates = log_probs.add_(beam_scores.view(-1, 1)).view(num_live, k * vocab_size)  # in place
         top_scores, top_ids = candidates.topk(2 * k, dim=1)
         tokens = top_ids % vocab_size
         rows = top_ids // vocab_size + torch.arange(num_live, device=device).unsqueeze(1) * k

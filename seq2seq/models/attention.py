@@ -30,6 +30,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from seq2seq.models.fastops import tanh_
+
 # ------------------------------------------------------------------ pure functions
 
 
@@ -47,10 +49,19 @@ def dot_scores(queries: Tensor, keys: Tensor) -> Tensor:
     return queries @ keys.transpose(1, 2)
 
 
-def additive_scores(projected_queries: Tensor, projected_keys: Tensor, v: nn.Linear) -> Tensor:
-    """v^T tanh(W_q q + W_k k): [B,T,A] and [B,S,A] -> [B,T,S]."""
-    hidden = torch.tanh(projected_queries.unsqueeze(2) + projected_keys.unsqueeze(1))
-    return v(hidden).squeeze(-1)
+def additive_scores(
+    projected_queries: Tensor, projected_keys: Tensor, v: nn.Linear, out: Tensor | None = None
+) -> Tensor:
+    """v^T tanh(W_q q + W_k k): [B,T,A] and [B,S,A] -> [B,T,S].
+
+    The [B,T,S,A] sum is the big tensor here: tanh runs in place on it (its backward needs
+    only its output; ``fastops.tanh_``, several times faster than torch.tanh on this CPU), and
+    without autograd the sum may be written into ``out``, a buffer of that shape kept between
+    decoding steps (a fresh one costs more in page faults than the sum).
+    """
+    queries, keys = projected_queries.unsqueeze(2), projected_keys.unsqueeze(1)
+    hidden = torch.add(queries, keys, out=out) if out is not None else queries + keys
+    return v(tanh_(hidden)).squeeze(-1)
 
 
 def window_mask(centres: Tensor, length: int, half_width: int) -> Tensor:
@@ -114,7 +125,16 @@ class AdditiveScore(nn.Module):
         return self.key_proj(keys)
 
     def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
-        return additive_scores(self.query_proj(queries), keys, self.v)
+        projected = self.query_proj(queries)
+        buffer = None
+        if not torch.is_grad_enabled():  # decoding: reuse one buffer for the [B,T,S,A] sum
+            shape = (*projected.shape[:2], keys.size(1), projected.size(2))
+            buffer = getattr(self, "_buffer", None)
+            if buffer is None or buffer.shape != shape or buffer.dtype != projected.dtype \
+                    or buffer.device != projected.device or buffer.is_inference() != torch.is_inference_mode_enabled():
+                buffer = projected.new_empty(shape)
+                self._buffer = buffer
+        return additive_scores(projected, keys, self.v, out=buffer)
 
 
 def build_score(kind: str, query_dim: int, key_dim: int) -> nn.Module:

@@ -1,4 +1,5 @@
-"""Faster CPU versions of a few standard operations, used by every model.
+"""Faster CPU versions of a few standard operations, used by every model (dropout, and
+tanh on big tensors: see ``tanh_``).
 
 Dropout. ``F.dropout`` on the CPU draws one Bernoulli number per element with a scalar
 generator, which on a 2-core machine cost ~7% of a Transformer training step (it was as slow
@@ -70,6 +71,34 @@ class _ReluDropout(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         passes = torch.gt(out, 0, out=torch.empty_like(grad))
         return passes.mul_(grad).mul_(ctx.scale), None
+
+
+def tanh_(x: Tensor) -> Tensor:
+    """In-place tanh as 2 * sigmoid(2x) - 1: within 2e-7 of torch.tanh (absolute).
+
+    torch.tanh on this CPU goes through MKL's vector math, which on AMD processors runs a
+    generic code path: 2.3 ms per million floats, ten times torch's own vectorised sigmoid.
+    Four in-place passes of the formula take 0.4 ms. Used where tanh meets a big tensor
+    (additive attention's [B,T,S,A] energies); its backward is tanh's, 1 - y^2.
+    """
+    if x.requires_grad:
+        return _TanhInplace.apply(x)
+    return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+
+class _TanhInplace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.mark_dirty(x)
+        y = x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors
+        return grad * (1.0 - y * y)
 
 
 class Dropout(nn.Dropout):
