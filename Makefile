@@ -8,7 +8,7 @@ ATTN   := $(VENV)/bin/attn
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-quality bench-scale clean
 
 install: $(STAMP)
 
@@ -30,6 +30,12 @@ test-fast: install
 
 bench: install
 	$(PY) -m bench.run
+
+bench-quality: install
+	$(PY) -m bench.quality
+
+bench-scale: install
+	$(PY) -m bench.scale
 
 clean:
 	rm -rf runs bench/out .pytest_cache

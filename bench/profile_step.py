@@ -23,8 +23,6 @@ from seq2seq.data.prepare import prepare_data
 from seq2seq.training.distributed import DistInfo
 from seq2seq.training.trainer import Trainer, seed_everything, update_batches
 
-from bench.train_speed import training_step
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -47,7 +45,7 @@ def main() -> None:
     groups = [next(batches) for _ in range(args.warmup + args.steps)]
 
     def run(group):
-        figures = training_step(trainer, group)
+        figures = trainer.optimizer_step(group)
         float(figures["loss"])
         return int(figures["tokens"])
 

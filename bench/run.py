@@ -3,12 +3,14 @@
 1. the fp32 matmul ceiling (GFLOP/s with the same threads),
 2. training throughput of configs T and R on the full Bible corpus (each in its own process,
    so peak RSS is per config),
-3. greedy and beam-5 decoding of the full test set with the model each run reached,
+3. greedy and beam-5 decoding of the full test set (1,998 sentences, batches of 64, at most
+   128 pieces), with the 12-minute model of ``make bench-quality`` where it exists (as the
+   peers did), else with the model step 2 reached,
 then a table with the peers' numbers and the ratios, saved to ``bench/out/results.json``.
 
 Peer figures are the best of ../shared/bench/peers/results.md (same machine class). Decoding
-speed is in output pieces per second: the models here trained only briefly, so their outputs
-are longer than a converged model's (the peers' models trained 12 minutes); compare tokens/s.
+speed is in output pieces per second; pieces per sentence are printed beside it, since a
+model whose outputs are longer (repetitive) gets more pieces out of every step.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def run_json(command: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def decode_speed(checkpoint: Path, beam: int, src: Path) -> dict:
-    """Translate the test set; sentences/s and output pieces/s, model loading excluded."""
+def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None) -> dict:
+    """Translate the test set; sentences/s and output pieces/s, model loading excluded
+    (and BLEU/chrF against ``ref`` when given)."""
     from seq2seq.decoding.loading import load_model
     from seq2seq.decoding.translator import TranslateSettings, Translator
 
@@ -65,8 +68,14 @@ def decode_speed(checkpoint: Path, beam: int, src: Path) -> dict:
     results = translator.translate(lines)
     seconds = time.perf_counter() - start
     pieces = sum(len(r[0].tokens) for r in results)
-    return {"beam": beam, "sentences": len(lines), "seconds": seconds, "sentences_per_s": len(lines) / seconds,
-            "tokens_per_s": pieces / seconds, "pieces_per_sentence": pieces / len(lines)}
+    speed = {"beam": beam, "sentences": len(lines), "seconds": seconds, "sentences_per_s": len(lines) / seconds,
+             "tokens_per_s": pieces / seconds, "pieces_per_sentence": pieces / len(lines)}
+    if ref is not None:
+        from seq2seq.evaluation.metrics import score_corpus
+
+        scores = score_corpus([r[0].text for r in results], [ref.read_text(encoding="utf-8").splitlines()])
+        speed.update(bleu=scores["bleu"], chrf=scores["chrf"], signature=scores["signature"])
+    return speed
 
 
 def main() -> None:
@@ -96,8 +105,14 @@ def main() -> None:
         results[f"train_{name}"] = train
         if not args.skip_decode:
             torch.set_num_threads(args.threads)
+            # The peers decoded models trained 12 minutes; `make bench-quality` leaves one of
+            # config T in bench/out/quality_T. A model trained only --steps updates repeats
+            # itself up to the length limit, which inflates tokens/s.
+            trained = OUT / f"quality_{name}"
+            model = trained if (trained / "checkpoints").is_dir() else checkpoint
+            results[f"decode_{name}_model"] = str(model.relative_to(ROOT))
             for beam in (1, 5):
-                speed = decode_speed(checkpoint, beam, corpus / "test.es")
+                speed = decode_speed(model, beam, corpus / "test.es")
                 results[f"decode_{name}_beam{beam}"] = speed
                 print(f"decode {name} beam {beam}: {speed['sentences_per_s']:.1f} sent/s, "
                       f"{speed['tokens_per_s']:,.0f} tok/s", file=sys.stderr)
@@ -128,13 +143,16 @@ def render_table(results: dict) -> str:
             d = results.get(f"decode_{name}_beam{beam}")
             if d:
                 peer = best.get(f"decode_{name}_beam{beam}")
-                rows.append((f"decode {name} beam {beam}: tok/s (sent/s)",
+                rows.append((f"decode {name} beam {beam}: tok/s (sent/s), {d['pieces_per_sentence']:.0f} pieces/sent",
                              f"{d['tokens_per_s']:,.0f} ({d['sentences_per_s']:.1f})",
                              f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return f"matmul ceiling {results['matmul_ceiling_gflops']:.0f} GFLOP/s\n" + "\n".join(lines)
+    models = ", ".join(f"{name}: {results[f'decode_{name}_model']}" for name in ("T", "R")
+                       if f"decode_{name}_model" in results)
+    return (f"matmul ceiling {results['matmul_ceiling_gflops']:.0f} GFLOP/s; decoded models: {models}\n"
+            + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -54,22 +54,6 @@ def training_flops_per_target_token(cfg: Config, src_per_tgt: float, mean_src: f
     return weights + attention
 
 
-def training_step(trainer: Trainer, group: list) -> dict:
-    """One optimizer update, whichever way the trainer spells it (one method, or two halves)."""
-    if hasattr(trainer, "accumulate_gradients") and hasattr(trainer, "apply_update"):
-        return trainer.apply_update(trainer.accumulate_gradients(group))
-    return trainer.optimizer_step(group)
-
-
-def checkpoint_payload(trainer: Trainer, ckpt) -> dict:
-    """The trainer's checkpoint payload; newer trainers take the RNG states of every rank."""
-    import inspect
-
-    if "rng_states" in inspect.signature(trainer.checkpoint_payload).parameters:
-        return trainer.checkpoint_payload([ckpt.rng_state()])
-    return trainer.checkpoint_payload()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
@@ -77,15 +61,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--save", type=Path)
-    parser.add_argument("--fused-loss", action="store_true",
-                        help="what-if, not attn's default: train with bench/loss_prototype.py's loss")
     args = parser.parse_args()
-    if args.fused_loss:
-        import seq2seq.training.trainer as trainer_module
-
-        from bench.loss_prototype import label_smoothed_nll
-
-        trainer_module.label_smoothed_nll = label_smoothed_nll
 
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
@@ -99,12 +75,12 @@ def main() -> None:
     for step in range(args.warmup + args.steps):
         group = next(batches)
         start = time.perf_counter()
-        figures = training_step(trainer, group)
+        figures = trainer.optimizer_step(group)
         float(figures["loss"])  # wait for the step to finish before stopping the clock
         elapsed = time.perf_counter() - start
         if step >= args.warmup:
             seconds += elapsed
-            tgt += int(figures.get("tgt_tokens", figures.get("tokens")))
+            tgt += int(figures["tokens"])
             src += int(figures["src_tokens"])
             data = trainer.train_data
             for indices in group:
@@ -125,12 +101,11 @@ def main() -> None:
         "achieved_gflops": flops * tgt / seconds / 1e9,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "final_loss": float(figures["loss"]) / max(float(figures["tokens"]), 1),
-        "fused_loss_what_if": args.fused_loss,
     }
     if args.save:
         from seq2seq.training import checkpoint as ckpt
 
-        ckpt.save_atomic(checkpoint_payload(trainer, ckpt), args.save)
+        ckpt.save_atomic(trainer.checkpoint_payload([ckpt.rng_state()]), args.save)
     print(json.dumps(result))
 
 

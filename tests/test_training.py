@@ -17,7 +17,8 @@ from seq2seq.data.special import PAD_ID
 from seq2seq.training import checkpoint as ckpt
 from seq2seq.training import trainer as trainer_module
 from seq2seq.training.distributed import DistInfo
-from seq2seq.training.loss import label_smoothed_nll
+from seq2seq.training import loss as loss_module
+from seq2seq.training.loss import label_smoothed_nll, projected_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
 from seq2seq.training.trainer import Trainer, TrainingStopped, read_metrics, seed_everything, train
 
@@ -44,16 +45,16 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 def poison_losses(monkeypatch: pytest.MonkeyPatch, bad_calls) -> None:
     """Make the training loss NaN on the given (1-based) micro-batch calls."""
-    real = trainer_module.label_smoothed_nll
+    real = trainer_module.projected_smoothed_nll
     calls = itertools.count(1)
 
-    def patched(logits, target, smoothing):
-        sums = real(logits, target, smoothing)
+    def patched(features, output, target, smoothing):
+        sums = real(features, output, target, smoothing)
         if bad_calls(next(calls)):
             sums.loss = sums.loss * float("nan")
         return sums
 
-    monkeypatch.setattr(trainer_module, "label_smoothed_nll", patched)
+    monkeypatch.setattr(trainer_module, "projected_smoothed_nll", patched)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -90,6 +91,46 @@ def test_label_smoothing_and_padding_match_a_hand_computed_case():
     assert torch.all(logits.grad[0, :2].abs().sum(-1) > 0)
     no_smoothing = label_smoothed_nll(logits, torch.tensor([targets]), 0.0)
     assert no_smoothing.loss.item() == pytest.approx(expected_nll, abs=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_chunked_training_loss_equals_projection_then_loss(monkeypatch, bias, smoothing):
+    # Chunks of 3 rows over 11 tokens: several chunks and a short last one.
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 3 * 50)
+    torch.manual_seed(0)
+    output = torch.nn.Linear(8, 50, bias=bias)
+    features = torch.randn(11, 8, requires_grad=True)
+    target = torch.randint(1, 50, (11,))
+    target[4] = 7
+    with torch.no_grad():  # make one prediction certainly right, so `correct` is exercised
+        output.weight[7] = 3 * features[4]
+
+    reference = label_smoothed_nll(output(features), target, smoothing)
+    (0.7 * reference.loss).backward()
+    expected = [features.grad.clone()] + [p.grad.clone() for p in output.parameters()]
+    features.grad = None
+    output.zero_grad()
+
+    sums = projected_smoothed_nll(features, output, target, smoothing)
+    (0.7 * sums.loss).backward()
+    got = [features.grad] + [p.grad for p in output.parameters()]
+    assert sums.loss.item() == pytest.approx(reference.loss.item(), rel=1e-5)
+    assert sums.nll.item() == pytest.approx(reference.nll.item(), rel=1e-5)
+    assert sums.correct.item() == reference.correct.item() >= 1
+    assert sums.tokens.item() == 11
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)  # float32 tolerances
+
+
+def test_the_chunked_training_loss_without_gradients_gives_the_same_sums():
+    torch.manual_seed(1)
+    output = torch.nn.Linear(6, 30)
+    features, target = torch.randn(9, 6), torch.randint(1, 30, (9,))
+    with torch.no_grad():
+        sums = projected_smoothed_nll(features, output, target, 0.1)
+        reference = label_smoothed_nll(output(features), target, 0.1)
+    assert sums.loss.item() == pytest.approx(reference.loss.item(), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -202,6 +243,18 @@ def test_max_bad_steps_in_a_row_stop_training_with_a_usable_checkpoint(tiny_corp
     for name, tensor in last["model"].items():  # the three bad updates changed nothing
         assert torch.isfinite(tensor).all()
         assert torch.equal(tensor, good["model"][name]), name
+
+
+def test_max_minutes_stops_after_the_update_that_crosses_the_budget(tiny_corpus, tmp_path, monkeypatch):
+    # A fake clock: every update takes 30 s, so a 2-minute budget ends the run at step 4.
+    monkeypatch.setattr(Trainer, "wall_seconds", lambda self: 30.0 * self.state.step)
+    out = tmp_path / "run"
+    cfg = tiny_corpus.config(out, "train.max_steps=50", "train.max_minutes=2", "train.valid_every=100",
+                             "train.log_every=10")
+    summary = train(cfg, log=lambda m: None, quiet=True)
+    assert summary.steps == 4
+    assert "train.max_minutes" in summary.stopped_because
+    assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 4))["run_state"]["wall_seconds"] == 120.0
 
 
 # ----------------------------------------------------------------------------- a short run

@@ -21,6 +21,7 @@ from seq2seq.config import DecodeConfig
 from seq2seq.data.special import EOS_ID, PAD_ID
 from seq2seq.decoding.search import Hypothesis, beam_search, gnmt_length_penalty, greedy_search, sample
 from seq2seq.errors import UserError
+from seq2seq.memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Translator:
                 "raise decode.beam_size or lower nbest"
             )
         self.model = model
+        if all(p.device.type == "cpu" for p in model.parameters()):
+            keep_freed_memory()
         self.src_encode = src_encode
         self.tgt_decode = tgt_decode
         self.settings = settings

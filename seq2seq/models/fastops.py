@@ -60,7 +60,10 @@ class _ReluDropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, p: float) -> Tensor:
         noise = dropout_noise(x.shape, p, x.device, x.dtype)
-        out = torch.relu(x).mul_(noise)
+        # In place: x is a Linear's output, which its backward does not need (autograd's
+        # version counter would object if anything did), so no FFN-wide tensor is added.
+        ctx.mark_dirty(x)
+        out = x.clamp_(min=0).mul_(noise)
         ctx.save_for_backward(out)
         ctx.scale = _LEVELS / (_LEVELS - round(p * _LEVELS))
         return out

@@ -173,8 +173,9 @@ class RNNDecoder(nn.Module):
             state["feed"] = memory.new_zeros(batch, 1, self.hidden_dim)
         return state
 
-    def forward(self, tgt_in: Tensor, state: dict) -> tuple[Tensor, Tensor]:
-        """Teacher forcing over the whole target: -> logits [B,T,V], attention weights [B,T,S]."""
+    def forward(self, tgt_in: Tensor, state: dict, project: bool = True) -> tuple[Tensor, Tensor]:
+        """Teacher forcing over the whole target: -> logits [B,T,V], attention weights [B,T,S].
+        With ``project=False`` the vectors that ``self.output`` would project."""
         embedded = self.dropout(self.embedding(tgt_in))
         hidden = to_layers_first(state["hidden"])
         if self.style == "luong" and not self.input_feeding:
@@ -195,7 +196,8 @@ class RNNDecoder(nn.Module):
                 outputs.append(attentional_t)
                 step_weights.append(weights_t)
             attentional, weights = torch.cat(outputs, dim=1), torch.cat(step_weights, dim=1)
-        return self._logits(attentional), weights
+        features = self._features(attentional)
+        return (self.output(features) if project else features), weights
 
     def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:
         """One target position: prev_tokens [B] -> logits [B,V], new state, weights [B,S]."""
@@ -207,7 +209,7 @@ class RNNDecoder(nn.Module):
         new_state = {**state, "hidden": to_batch_first(hidden), "step": state["step"] + 1}
         if self.input_feeding:
             new_state["feed"] = attentional
-        return self._logits(attentional).squeeze(1), new_state, weights.squeeze(1)
+        return self.output(self._features(attentional)).squeeze(1), new_state, weights.squeeze(1)
 
     def _decode_step(
         self, embedded: Tensor, hidden: RNNHidden, feed: Tensor | None, state: dict, step: int
@@ -247,8 +249,9 @@ class RNNDecoder(nn.Module):
         m = memory.expanded()
         return self.attention(queries, m["keys"], m["values"], m["mask"], first_step)
 
-    def _logits(self, attentional: Tensor) -> Tensor:
-        return self.output(self.to_embedding(self.dropout(attentional)))
+    def _features(self, attentional: Tensor) -> Tensor:
+        """What the output layer projects to the vocabulary."""
+        return self.to_embedding(self.dropout(attentional))
 
 
 
@@ -276,10 +279,14 @@ class RNNSeq2Seq(nn.Module):
     def init_state(self, encoded: dict) -> dict:
         return self.decoder.init_state(encoded)
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.decoder.output
+
     def forward(
-        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False
+        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False, features_only: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
-        logits, attention = self.decoder(tgt_in, self.init_state(self.encode(src)))
+        logits, attention = self.decoder(tgt_in, self.init_state(self.encode(src)), project=not features_only)
         return (logits, attention) if return_attention else logits
 
     def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:

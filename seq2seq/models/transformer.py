@@ -414,9 +414,11 @@ class TransformerDecoder(nn.Module):
         self.window = cfg.window if cfg.attention == "local" else None
 
     def forward(
-        self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor, weights_layer: int | None = None
+        self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor, weights_layer: int | None = None,
+        project: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
         """Teacher forcing: -> logits [B,T,V], layer ``weights_layer``'s cross-attention [B,heads,T,S].
+        With ``project=False`` the vectors [B,T,D] that ``self.output`` would project.
 
         No target padding mask is needed: padding only follows the real tokens, and the
         causal mask already hides every later position.
@@ -436,7 +438,8 @@ class TransformerDecoder(nn.Module):
                 x, self_mask, keys, values, memory_mask, need_weights=i == weights_layer, is_causal=causal
             )
             weights = layer_weights if i == weights_layer else weights
-        return self.output(self.final_norm(x)), weights
+        features = self.final_norm(x)
+        return (self.output(features) if project else features), weights
 
     def init_state(self, memory: Tensor, memory_mask: Tensor) -> dict:
         """The memory enters the state already projected to each layer's cross-attention
@@ -509,12 +512,17 @@ class Transformer(nn.Module):
     def init_state(self, encoded: dict) -> dict:
         return self.decoder.init_state(encoded["memory"], encoded["mask"])
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        return self.decoder.output
+
     def forward(
-        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False
+        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False, features_only: bool = False
     ) -> Tensor | tuple[Tensor, Tensor]:
         encoded = self.encode(src)
         weights_layer = self._weights_layer() if return_attention else None
-        logits, weights = self.decoder(tgt_in, encoded["memory"], encoded["mask"], weights_layer)
+        logits, weights = self.decoder(tgt_in, encoded["memory"], encoded["mask"], weights_layer,
+                                       project=not features_only)
         return (logits, self._select_head(weights)) if return_attention else logits
 
     def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:

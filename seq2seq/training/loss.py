@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from seq2seq.data.special import PAD_ID
 
@@ -44,3 +45,92 @@ def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, smoothing: fl
         correct=((log_probs.argmax(dim=-1) == target) & real).sum(),
         tokens=real.sum(),
     )
+
+
+# ------------------------------------------------------------------ the training loss
+
+# Rows of logits computed at a time: 2**22 floats (16 MB) stay in the CPU's caches and in the
+# allocator's reused memory, where a whole [tokens x vocabulary] tensor (130 MB for 4k tokens
+# and 8k pieces) costs more in page faults and memory traffic than in arithmetic.
+CHUNK_ELEMENTS = 2**22
+
+
+def projected_smoothed_nll(features: torch.Tensor, output: torch.nn.Linear, target: torch.Tensor,
+                           smoothing: float) -> LossSums:
+    """``label_smoothed_nll(output(features), target, smoothing)`` for real target tokens only,
+    without ever holding the whole logits tensor.
+
+    ``features`` [N, D] are the decoder's last hidden vectors of the N real (non-pad) target
+    tokens and ``target`` [N] their pieces. The vocabulary projection, the loss and its gradient
+    are computed a chunk of rows at a time; the gradient has a closed form,
+    ``d loss / d logits = softmax - (1 - eps) * onehot(target) - eps / V``, so the forward pass
+    turns each chunk of logits into its gradient in place and keeps only the gradients of the
+    features, weight and bias for the backward pass.
+    """
+    # (Inside the autograd function's forward, grad mode is always off: decide here.)
+    want_grad = torch.is_grad_enabled() and (features.requires_grad or output.weight.requires_grad)
+    loss, nll, correct = _ProjectedSmoothedNLL.apply(features, output.weight, output.bias, target, smoothing,
+                                                     want_grad)
+    return LossSums(loss=loss, nll=nll, correct=correct, tokens=torch.tensor(target.numel()))
+
+
+class _ProjectedSmoothedNLL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, weight, bias, target, smoothing, want_grad):
+        vocab = weight.size(0)
+        rows = max(1, CHUNK_ELEMENTS // vocab)
+        loss = torch.zeros((), device=features.device)
+        nll = torch.zeros((), device=features.device)
+        correct = torch.zeros((), device=features.device, dtype=torch.long)
+        grad_features = torch.empty_like(features) if want_grad else None
+        grad_weight = torch.zeros_like(weight) if want_grad else None
+        grad_bias = torch.zeros_like(bias) if want_grad and bias is not None else None
+        off_target = smoothing / vocab
+        weight_sum = weight.sum(dim=0).to(features.dtype) if want_grad else None
+        for start in range(0, features.size(0), rows):
+            h, t = features[start:start + rows], target[start:start + rows]
+            logits = F.linear(h, weight, bias)
+            if logits.element_size() < 4:  # bf16/fp16 autocast: the softmax in fp32
+                logits = logits.float()
+            # logsumexp by hand, in place: torch.logsumexp writes a temporary as big as the chunk.
+            top = logits.amax(dim=1, keepdim=True)
+            mean_logit = logits.mean(dim=1)
+            target_logit = logits.gather(1, t.unsqueeze(1)).squeeze(1)
+            exp = logits.sub_(top).exp_()
+            total = exp.sum(dim=1)
+            log_z = top.squeeze(1) + total.log()
+            chunk_nll = log_z - target_logit
+            chunk_uniform = log_z - mean_logit  # -mean over the vocabulary of log p
+            loss += ((1.0 - smoothing) * chunk_nll + smoothing * chunk_uniform).sum()
+            nll += chunk_nll.sum()
+            correct += (target_logit >= top.squeeze(1)).sum()  # the target's logit is the largest
+            if not want_grad:
+                continue
+            # d loss / d logits = exp / total - (1 - eps) * onehot - eps / V. The row scaling
+            # 1 / total and the constant -eps / V are applied on the small side of each matmul
+            # (rows of h, or afterwards), so the big chunk is touched once more, by the scatter.
+            exp.scatter_add_(1, t.unsqueeze(1), ((smoothing - 1.0) * total).unsqueeze(1))
+            inv_total = total.reciprocal().unsqueeze(1)
+            exp = exp.to(h.dtype)
+            grad_features[start:start + rows] = (exp @ weight.to(h.dtype)) * inv_total - off_target * weight_sum
+            scaled_h = (h * inv_total).to(h.dtype)
+            if grad_weight.dtype == h.dtype:
+                grad_weight.addmm_(exp.t(), scaled_h)
+            else:  # bf16/fp16 autocast: accumulate the fp32 weight gradient in fp32
+                grad_weight += exp.t() @ scaled_h
+            if grad_bias is not None:
+                grad_bias += exp.t().float() @ inv_total.squeeze(1)
+        if want_grad:
+            grad_weight -= off_target * features.sum(dim=0).to(grad_weight.dtype)
+            if grad_bias is not None:
+                grad_bias -= off_target * features.size(0)
+        ctx.save_for_backward(grad_features, grad_weight, grad_bias)
+        ctx.mark_non_differentiable(nll, correct)
+        return loss, nll, correct
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss, _grad_nll, _grad_correct):
+        grad_features, grad_weight, grad_bias = ctx.saved_tensors
+        scale = lambda g: None if g is None else g.mul_(grad_loss.to(g.dtype))  # noqa: E731  (backward runs once)
+        return scale(grad_features), scale(grad_weight), scale(grad_bias), None, None, None

@@ -39,12 +39,14 @@ from seq2seq import CHECKPOINT_FORMAT, __version__
 from seq2seq.config import Config, dump_config
 from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.prepare import PreparedData, prepare_data
+from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
+from seq2seq.memory import keep_freed_memory
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
 from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_flag,
                                           cleanup, init_distributed)
-from seq2seq.training.loss import label_smoothed_nll
+from seq2seq.training.loss import projected_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
 
 METRICS_FILE = "metrics.jsonl"
@@ -64,6 +66,7 @@ class RunState:
     best_step: int = 0
     validations_without_improvement: int = 0
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # wall clock of the run so far, validation included (train.max_minutes)
     target_tokens: int = 0
 
 
@@ -177,6 +180,8 @@ class Trainer:
     def __init__(self, cfg: Config, prepared: PreparedData, info: DistInfo, device: torch.device,
                  log: Callable[[str], None]) -> None:
         self.cfg, self.prepared, self.info, self.device, self.log = cfg, prepared, info, device, log
+        if device.type == "cpu":
+            keep_freed_memory()
         self.out = Path(cfg.output_dir)
         tok = prepared.tokenizer
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
@@ -201,6 +206,7 @@ class Trainer:
         self.skipped = torch.zeros((), device=device)
         self.skipped_logged = 0
         self.interrupted = False  # set by the Ctrl-C/SIGTERM handler
+        self.wall_start, self.wall_before = time.perf_counter(), 0.0  # see wall_seconds
         self.tensorboard = open_tensorboard(cfg, self.out) if info.is_main else None
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.pending_interrupt: tuple[torch.Tensor, Any] | None = None  # DDP on GPU: see stop_requested
@@ -295,14 +301,19 @@ class Trainer:
         tgt_tokens = src_tokens = 0
         for i, indices in enumerate(group):
             batch = collate(self.train_data, indices)
-            src, tgt_in, tgt_out = (self.to_device(t) for t in (batch.src, batch.tgt_in, batch.tgt_out))
+            # Only real target positions reach the vocabulary projection; found on the host,
+            # so the device never has to report how many there are.
+            real = (batch.tgt_out.flatten() != PAD_ID).nonzero().squeeze(1)
+            src, tgt_in, real, target = (self.to_device(t) for t in (batch.src, batch.tgt_in, real,
+                                                                     batch.tgt_out.flatten()[real]))
             # DDP all-reduces the gradients in the last backward of the update only.
             last = i == len(group) - 1
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with autocast_context(cfg, self.device):
-                    logits = model(src, tgt_in)
-                loss = label_smoothed_nll(logits, tgt_out, cfg.train.label_smoothing)
+                    features = model(src, tgt_in, features_only=True).flatten(0, 1).index_select(0, real)
+                    loss = projected_smoothed_nll(features, self.model.output_layer, target,
+                                                  cfg.train.label_smoothing)
                 self.scaler.scale(loss.loss).backward()
             sums += torch.stack([loss.loss.detach(), loss.nll.detach(), loss.correct.float()])
             tgt_tokens += batch.n_tgt_tokens
@@ -310,7 +321,8 @@ class Trainer:
 
         # One all-reduce for every figure; the Ctrl-C flag rides along so all ranks stop together.
         # torch.full launches a fill on the device: no host-to-device copy to wait for.
-        scalars = [torch.full((), float(x), device=self.device) for x in (tgt_tokens, src_tokens, self.interrupted)]
+        stop = self.interrupted or self.out_of_time()
+        scalars = [torch.full((), float(x), device=self.device) for x in (tgt_tokens, src_tokens, stop)]
         totals = all_reduce_sum(torch.cat([sums, torch.stack(scalars)]), self.info)
         figures = dict(zip(("loss", "nll", "correct", "tokens", "src_tokens", "interrupt"), totals.unbind()))
 
@@ -373,7 +385,7 @@ class Trainer:
         it never waits for the update the device is working on now.
         """
         if not self.info.enabled:
-            return self.interrupted
+            return self.interrupted or self.out_of_time()
         if self.device.type != "cuda":
             return bool(figures["interrupt"] > 0)
         previous = self.pending_interrupt
@@ -387,6 +399,14 @@ class Trainer:
         previous[1].synchronize()
         return bool(previous[0] > 0)
 
+    def wall_seconds(self) -> float:
+        """Wall clock of the whole run: earlier (resumed) sessions plus this one."""
+        return self.wall_before + time.perf_counter() - self.wall_start
+
+    def out_of_time(self) -> bool:
+        budget = self.cfg.train.max_minutes
+        return budget is not None and self.wall_seconds() >= 60 * budget
+
     # --- the run ------------------------------------------------------------------
 
     def run(self, progress: "Progress") -> TrainSummary:
@@ -398,6 +418,7 @@ class Trainer:
         batches = update_batches(self.sampler, self.accumulation, self.state, cfg.train.max_epochs)
         start = time.perf_counter()
         start_step = self.state.step
+        self.wall_start, self.wall_before = start, self.state.wall_seconds
         while self.state.step < cfg.train.max_steps:
             group = next(batches, None)
             if group is None:
@@ -406,13 +427,15 @@ class Trainer:
             t0 = time.perf_counter()
             figures = self.optimizer_step(group)
             window.add(figures, time.perf_counter() - t0)
+            self.state.wall_seconds = self.wall_seconds()
             step = self.state.step
             log_now = step % cfg.train.log_every == 0 or step == cfg.train.max_steps
             # Reading device counters is free on the CPU; on a GPU it waits, so only when logging.
             read_device = self.device.type == "cpu" or log_now
             if read_device:
                 self.check_non_finite()
-            progress.tick(step, self.state.epoch, time.perf_counter() - start, step - start_step)
+            budget_left = 60 * cfg.train.max_minutes - self.wall_seconds() if cfg.train.max_minutes else math.inf
+            progress.tick(step, self.state.epoch, time.perf_counter() - start, step - start_step, budget_left)
 
             if log_now:
                 record = window.record(step, self.state.epoch, self.skipped)
@@ -438,7 +461,8 @@ class Trainer:
             if self.stop_requested(figures):
                 if self.saved_step != step:
                     self.save()
-                stopped_because = f"interrupted at step {step}; continue with --resume"
+                stopped_because = (f"reached train.max_minutes ({cfg.train.max_minutes:g})" if self.out_of_time()
+                                   else f"interrupted at step {step}; continue with --resume")
                 break
             if stop:
                 break
@@ -582,10 +606,10 @@ class Progress:
         # A log line first returns the cursor over the live status line it replaces.
         self.clear = "\r" if self.live else ""
 
-    def tick(self, step: int, epoch: int, elapsed: float, steps_done: int) -> None:
+    def tick(self, step: int, epoch: int, elapsed: float, steps_done: int, budget_left: float = math.inf) -> None:
         if not self.live:
             return
-        eta = elapsed / max(steps_done, 1) * (self.max_steps - step)
+        eta = min(elapsed / max(steps_done, 1) * (self.max_steps - step), budget_left)
         bar = "#" * int(20 * step / self.max_steps)
         self.stream.write(f"\r[{bar:<20}] step {step}/{self.max_steps} ep {epoch + 1} "
                           f"{self.tokens_per_s:,.0f} tok/s ETA {format_seconds(eta)}   ")
@@ -647,7 +671,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         main_log(f"model: {describe_model(trainer.model)}")
         main_log(f"training on {device} x{info.world_size}: {len(trainer.train_data):,} pairs, "
                  f"{trainer.accumulation} micro-batch(es) of <= {cfg.train.batch_tokens} tokens per update "
-                 f"and rank, up to {cfg.train.max_steps} updates -> {cfg.output_dir}")
+                 f"and rank, up to {cfg.train.max_steps} updates"
+                 + (f" or {cfg.train.max_minutes:g} minutes" if cfg.train.max_minutes else "")
+                 + f" -> {cfg.output_dir}")
         progress = Progress(cfg.train.max_steps, enabled=info.is_main and not quiet)
         with interrupt_handler(trainer):
             try:
