@@ -44,7 +44,9 @@ def main() -> None:
         subprocess.run(command, cwd=ROOT, check=True)
 
     torch.set_num_threads(args.threads)
-    steps = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    from seq2seq.training import checkpoint as ckpt
+
+    steps = ckpt.load_checkpoint(ckpt.resolve_checkpoint(run_dir))["run_state"]["step"]
     results = {"minutes": args.minutes, "steps": steps}
     for beam in (1, 5):
         results[f"beam{beam}"] = decode_speed(run_dir, beam, corpus / "test.es",

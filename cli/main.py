@@ -151,9 +151,9 @@ def train(
 
     cfg = load(config, set_)
     summary = run_training(cfg, resume=resume, overwrite=overwrite, log=eprint, quiet=quiet)
-    best = f"{summary.best_score:.2f}" if summary.best_score is not None else "n/a"
-    eprint(f"done: {summary.steps} steps ({summary.stopped_because}); best valid {summary.metric} "
-           f"{best} at step {summary.best_step}; outputs in {summary.output_dir}")
+    best = (f"best valid {summary.metric} {summary.best_score:.2f} at step {summary.best_step}"
+            if summary.best_score is not None else "no validation ran")
+    eprint(f"done: {summary.steps} steps ({summary.stopped_because}); {best}; outputs in {summary.output_dir}")
 
 
 # ----------------------------------------------------------------------------- translate
