@@ -30,16 +30,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="training precision (bf16: autocast, on CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--skip-train", action="store_true", help="decode the run already in bench/out/quality_T")
     args = parser.parse_args()
     corpus = ROOT.parent / "shared" / "corpora" / "bible-en-es"
-    run_dir = OUT / "quality_T"
+    suffix = "" if args.precision == "fp32" else f"_{args.precision}"
+    run_dir = OUT / f"quality_T{suffix}"
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if not args.skip_train:
         command = [sys.executable, "-m", "cli.main", "train", "configs/bench_T.yaml", "--overwrite",
                    "--set", f"output_dir={run_dir}", "--set", f"train.max_minutes={args.minutes}",
                    "--set", "train.max_steps=1000000", "--set", "train.valid_every=1000000",
-                   "--set", "train.save_every=1000000", "--set", f"train.threads={args.threads}"]
+                   "--set", "train.save_every=1000000", "--set", f"train.threads={args.threads}",
+                   "--set", f"train.precision={args.precision}"]
         print("$", " ".join(command), file=sys.stderr, flush=True)
         subprocess.run(command, cwd=ROOT, check=True)
 
@@ -47,7 +51,7 @@ def main() -> None:
     from seq2seq.training import checkpoint as ckpt
 
     steps = ckpt.load_checkpoint(ckpt.resolve_checkpoint(run_dir))["run_state"]["step"]
-    results = {"minutes": args.minutes, "steps": steps}
+    results = {"minutes": args.minutes, "precision": args.precision, "steps": steps}
     for beam in (1, 5):
         results[f"beam{beam}"] = decode_speed(run_dir, beam, corpus / "test.es",
                                               corpus / "test.en")
@@ -55,7 +59,7 @@ def main() -> None:
         print(f"beam {beam}: BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f} | {r['sentences_per_s']:.1f} sent/s "
               f"{r['tokens_per_s']:,.0f} tok/s ({r['pieces_per_sentence']:.1f} pieces/sentence)", file=sys.stderr)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "quality.json").write_text(json.dumps(results, indent=2))
+    (OUT / f"quality{suffix}.json").write_text(json.dumps(results, indent=2))
 
     rows = [("system", "steps", "BLEU/chrF greedy", "BLEU/chrF beam 5", "greedy tok/s", "beam-5 tok/s")]
     one, five = results["beam1"], results["beam5"]
@@ -67,7 +71,8 @@ def main() -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    print(f"config T after {args.minutes:g} minutes of training (2 threads), full test set:")
+    print(f"config T after {args.minutes:g} minutes of {args.precision} training ({args.threads} threads), "
+          "full test set (decoding in fp32):")
     print("\n".join(lines))
 
 

@@ -2,7 +2,8 @@
 
 1. the fp32 matmul ceiling (GFLOP/s with the same threads),
 2. training throughput of configs T and R on the full Bible corpus (each in its own process,
-   so peak RSS is per config),
+   so peak RSS is per config), in fp32 as the peers ran, and with bf16 autocast where the CPU
+   multiplies bf16 natively,
 3. greedy and beam-5 decoding of the full test set (1,998 sentences, batches of 64, at most
    128 pieces), with the 12-minute model of ``make bench-quality`` where it exists (as the
    peers did), else with the model step 2 reached,
@@ -31,9 +32,9 @@ OUT = ROOT / "bench" / "out"
 CONFIGS = {"T": "configs/bench_T.yaml", "R": "configs/bench_R.yaml"}
 
 
-def matmul_ceiling(threads: int, n: int = 2048, reps: int = 15) -> float:
+def matmul_ceiling(threads: int, n: int = 2048, reps: int = 15, dtype: torch.dtype = torch.float32) -> float:
     torch.set_num_threads(threads)
-    x, y = torch.randn(n, n), torch.randn(n, n)
+    x, y = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         torch.mm(x, y)
     times = []
@@ -95,6 +96,11 @@ def main() -> None:
     results: dict = {"threads": args.threads, "torch": torch.__version__}
     results["matmul_ceiling_gflops"] = matmul_ceiling(args.threads)
     print(f"matmul ceiling: {results['matmul_ceiling_gflops']:.0f} GFLOP/s ({args.threads} threads)", file=sys.stderr)
+    # bf16 autocast pays only where the CPU multiplies bf16 natively (AVX512-BF16, AMX).
+    precisions = ["fp32"]
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        results["matmul_ceiling_bf16_gflops"] = matmul_ceiling(args.threads, dtype=torch.bfloat16)
+        precisions.append("bf16")
 
     for name in args.only or sorted(CONFIGS):
         checkpoint = OUT / f"bench_{name}.pt"
@@ -103,6 +109,12 @@ def main() -> None:
                           "--save", str(checkpoint)])
         train["utilisation"] = train["achieved_gflops"] / results["matmul_ceiling_gflops"]
         results[f"train_{name}"] = train
+        if "bf16" in precisions:
+            fast = run_json([sys.executable, "-m", "bench.train_speed", CONFIGS[name], "--steps", str(args.steps),
+                             "--warmup", str(args.warmup), "--set", f"train.threads={args.threads}",
+                             "--set", "train.precision=bf16"])
+            fast["utilisation"] = fast["achieved_gflops"] / results["matmul_ceiling_bf16_gflops"]
+            results[f"train_{name}_bf16"] = fast
         if not args.skip_decode:
             torch.set_num_threads(args.threads)
             # The peers decoded models trained 12 minutes; `make bench-quality` leaves one of
@@ -139,6 +151,12 @@ def render_table(results: dict) -> str:
         rows.append((f"train {name}: padding", f"{t['padding_ratio']:.1%}", "", ""))
         rows.append((f"train {name}: MFLOP/tgt token, utilisation", f"{t['flops_per_tgt_token'] / 1e6:.1f}, "
                      f"{t['utilisation']:.0%}", "", ""))
+        fast = results.get(f"train_{name}_bf16")
+        if fast:
+            rows.append((f"train {name} bf16 autocast: target tok/s", f"{fast['tgt_tokens_per_s']:,.0f}",
+                         f"{best[f'train_{name}']:,}", f"{fast['tgt_tokens_per_s'] / best[f'train_{name}']:.2f}x"))
+            rows.append((f"train {name} bf16: peak RSS MiB, utilisation (bf16 ceiling)",
+                         f"{fast['peak_rss_mib']:,.0f}, {fast['utilisation']:.0%}", "", ""))
         for beam in (1, 5):
             d = results.get(f"decode_{name}_beam{beam}")
             if d:
@@ -151,7 +169,9 @@ def render_table(results: dict) -> str:
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     models = ", ".join(f"{name}: {results[f'decode_{name}_model']}" for name in ("T", "R")
                        if f"decode_{name}_model" in results)
-    return (f"matmul ceiling {results['matmul_ceiling_gflops']:.0f} GFLOP/s; decoded models: {models}\n"
+    bf16 = (f", bf16 {results['matmul_ceiling_bf16_gflops']:.0f} GFLOP/s" if "matmul_ceiling_bf16_gflops" in results
+            else "")
+    return (f"matmul ceiling fp32 {results['matmul_ceiling_gflops']:.0f} GFLOP/s{bf16}; decoded models: {models}\n"
             + "\n".join(lines))
 
 

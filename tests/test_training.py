@@ -123,6 +123,30 @@ def test_the_chunked_training_loss_equals_projection_then_loss(monkeypatch, bias
         torch.testing.assert_close(a, b)  # float32 tolerances
 
 
+def test_the_chunked_training_loss_under_bf16_autocast_keeps_fp32_weight_gradients(monkeypatch):
+    # bf16 features (what an autocast decoder hands over), fp32 weights: the weight gradient
+    # must come back in fp32 and close to the fp32 computation.
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 4 * 40)
+    torch.manual_seed(2)
+    output = torch.nn.Linear(16, 40)
+    features = torch.randn(10, 16)
+    target = torch.randint(1, 40, (10,))
+    reference = label_smoothed_nll(output(features), target, 0.1)
+    reference.loss.backward()
+    expected = [p.grad.clone() for p in output.parameters()]
+    output.zero_grad()
+
+    half = features.bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sums = projected_smoothed_nll(half, output, target, 0.1)
+    sums.loss.backward()
+    assert half.grad.dtype == torch.bfloat16
+    assert sums.loss.item() == pytest.approx(reference.loss.item(), rel=2e-2)
+    for p, grad in zip(output.parameters(), expected):
+        assert p.grad.dtype == torch.float32
+        torch.testing.assert_close(p.grad, grad, rtol=0.05, atol=2e-2)
+
+
 def test_the_chunked_training_loss_without_gradients_gives_the_same_sums():
     torch.manual_seed(1)
     output = torch.nn.Linear(6, 30)

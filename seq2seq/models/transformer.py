@@ -139,9 +139,9 @@ def attention_with_weights(
     return torch.matmul(fast_dropout(weights, dropout), v), weights
 
 
-def additive_mask(mask: Tensor) -> Tensor:
+def additive_mask(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """Boolean mask (True = may attend) -> float bias, 0 where allowed and -inf elsewhere."""
-    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return torch.zeros(mask.shape, device=mask.device, dtype=dtype).masked_fill_(~mask, float("-inf"))
 
 
 # ------------------------------------------------------------------ building blocks
@@ -171,7 +171,8 @@ class TransformerEmbedding(nn.Module):
             )
         else:
             position_vectors = self.learned(positions)
-        return self.dropout(self.tokens(tokens) * math.sqrt(self.dim) + position_vectors)
+        embedded = self.tokens(tokens)
+        return self.dropout(embedded * math.sqrt(self.dim) + position_vectors.to(embedded.dtype))
 
 
 class SelfAttention(nn.Module):
@@ -453,7 +454,7 @@ class TransformerDecoder(nn.Module):
             for k, v in (layer.cross_attention.memory_keys_values(memory) for layer in self.layers)
         ))
         shared = SharedRows(
-            {"keys": list(keys), "values": list(values), "mask": additive_mask(memory_mask[:, None, None, :])}
+            {"keys": list(keys), "values": list(values), "mask": additive_mask(memory_mask[:, None, None, :], memory.dtype)}
         )
         caches = [KVCache.empty(batch, self.heads, head_dim, memory) for _ in self.layers]
         return {"memory": shared, "caches": caches, "step": 0}
