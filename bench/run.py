@@ -53,15 +53,19 @@ def run_json(command: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None) -> dict:
+def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None,
+                 sentences_per_batch: int | None = 64) -> dict:
     """Translate the test set; sentences/s and output pieces/s, model loading excluded
-    (and BLEU/chrF against ``ref`` when given)."""
+    (and BLEU/chrF against ``ref`` when given). Batches of ``sentences_per_batch`` sentences,
+    as the peers ran; None: attn's default of 320 decoder rows (greedy: 320 sentences)."""
+    from seq2seq.config import DecodeConfig
     from seq2seq.decoding.loading import load_model
     from seq2seq.decoding.translator import TranslateSettings, Translator
 
     loaded = load_model(checkpoint)
     settings = TranslateSettings.from_config(loaded.config.decode)
     settings.beam_size = beam
+    settings.batch_size = DecodeConfig().batch_size if sentences_per_batch is None else sentences_per_batch * beam
     tok = loaded.tokenizer
     translator = Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings)
     lines = src.read_text(encoding="utf-8").splitlines()
@@ -123,10 +127,10 @@ def main() -> None:
             trained = OUT / f"quality_{name}"
             model = trained if (trained / "checkpoints").is_dir() else checkpoint
             results[f"decode_{name}_model"] = str(model.relative_to(ROOT))
-            for beam in (1, 5):
-                speed = decode_speed(model, beam, corpus / "test.es")
-                results[f"decode_{name}_beam{beam}"] = speed
-                print(f"decode {name} beam {beam}: {speed['sentences_per_s']:.1f} sent/s, "
+            for beam, per_batch, key in ((1, 64, "beam1"), (5, 64, "beam5"), (1, None, "beam1_default")):
+                speed = decode_speed(model, beam, corpus / "test.es", sentences_per_batch=per_batch)
+                results[f"decode_{name}_{key}"] = speed
+                print(f"decode {name} {key}: {speed['sentences_per_s']:.1f} sent/s, "
                       f"{speed['tokens_per_s']:,.0f} tok/s", file=sys.stderr)
 
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
@@ -157,11 +161,11 @@ def render_table(results: dict) -> str:
                          f"{best[f'train_{name}']:,}", f"{fast['tgt_tokens_per_s'] / best[f'train_{name}']:.2f}x"))
             rows.append((f"train {name} bf16: peak RSS MiB, utilisation (bf16 ceiling)",
                          f"{fast['peak_rss_mib']:,.0f}, {fast['utilisation']:.0%}", "", ""))
-        for beam in (1, 5):
-            d = results.get(f"decode_{name}_beam{beam}")
+        for key, label in (("beam1", "beam 1"), ("beam5", "beam 5"), ("beam1_default", "beam 1, 320/batch")):
+            d = results.get(f"decode_{name}_{key}")
             if d:
-                peer = best.get(f"decode_{name}_beam{beam}")
-                rows.append((f"decode {name} beam {beam}: tok/s (sent/s), {d['pieces_per_sentence']:.0f} pieces/sent",
+                peer = best.get(f"decode_{name}_{key.removesuffix('_default')}")
+                rows.append((f"decode {name} {label}: tok/s (sent/s), {d['pieces_per_sentence']:.0f} pieces/sent",
                              f"{d['tokens_per_s']:,.0f} ({d['sentences_per_s']:.1f})",
                              f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -197,7 +197,7 @@ def translate(
     length_penalty: Annotated[Optional[float], typer.Option(min=0.0, help="GNMT length penalty alpha.")] = None,
     max_len_a: Annotated[Optional[float], typer.Option(min=0.0, help="Max output length = a * source length + b.")] = None,
     max_len_b: Annotated[Optional[int], typer.Option(min=0)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Sentences per batch.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Decoder rows per batch: sentences x beam size.")] = None,
     sample: Annotated[bool, typer.Option("--sample", help="Sample translations instead of beam search.")] = False,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
     top_k: Annotated[int, typer.Option(min=0, help="Sample from the k most likely pieces (0: all).")] = 0,

@@ -243,7 +243,8 @@ LINES = ["4 5 6", "7 8 9 10 11 4 5", "6", "", "9 9 8 7", "  ", "11 10"]
 
 
 def test_translator_restores_input_order_and_skips_empty_lines(model):
-    translator = make_translator(model, beam_size=3, batch_size=2, nbest=2)
+    translator = make_translator(model, beam_size=3, batch_size=6, nbest=2)  # 2 sentences a batch
+    assert translator.sentences_per_batch() == 2
     results = translator.translate(LINES)
     assert len(results) == len(LINES)
     for line, nbest in zip(LINES, results):

@@ -35,7 +35,7 @@ class TranslateSettings:
     max_len_a: float = 1.5
     max_len_b: int = 10
     min_len: int = 1
-    batch_size: int = 64
+    batch_size: int = 320  # decoder rows: sentences x beam size (see sentences_per_batch)
     nbest: int = 1  # translations per input line (beam: the best ones; sampling: draws)
     sampling: bool = False  # draw random translations instead of beam search
     temperature: float = 1.0
@@ -119,13 +119,20 @@ class Translator:
         self.model.eval()
         try:
             with torch.inference_mode():
-                for start in range(0, len(to_decode), self.settings.batch_size):
-                    batch = to_decode[start : start + self.settings.batch_size]
+                per_batch = self.sentences_per_batch()
+                for start in range(0, len(to_decode), per_batch):
+                    batch = to_decode[start : start + per_batch]
                     for i, hypotheses in zip(batch, self._decode([sources[i] for i in batch])):
                         results[i] = [self._result(h, sources[i]) for h in hypotheses]
         finally:
             self.model.train(was_training)
         return results
+
+    def sentences_per_batch(self) -> int:
+        """``batch_size`` counts decoder rows; each sentence takes one per beam (or sample)."""
+        s = self.settings
+        rows_per_sentence = s.nbest if s.sampling else s.beam_size
+        return max(1, s.batch_size // rows_per_sentence)
 
     def _source_ids(self, pieces: list[int], line_number: int) -> list[int]:
         if len(pieces) > self.max_source_len:
