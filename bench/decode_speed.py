@@ -1,7 +1,8 @@
 """Decoding speed of one checkpoint: ``python -m bench.decode_speed CKPT --beam 5 [--limit N]``.
 
 Translates the first ``--limit`` lines of the test set (all by default) the way ``bench.run``
-does (Translator, the checkpoint's decode settings, batches of 64, max length 128), and prints
+does (``bench.run.benchmark_translator``: the checkpoint's decode settings, batches of 64
+sentences), and prints
 one JSON object: seconds, sentences/s, output pieces/s. ``--profile`` prints torch.profiler's
 op table instead. ``--repeat`` runs the translation several times and reports the fastest
 (the machine is shared: the fastest run is the least disturbed one). ``--out FILE`` writes
@@ -17,10 +18,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.decoding.loading import load_model
-from seq2seq.decoding.translator import TranslateSettings, Translator
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench.run import ROOT, benchmark_translator
 
 
 def main() -> None:
@@ -35,11 +33,7 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "corpora" / "bible-en-es" / "test.es")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.checkpoint)
-    settings = TranslateSettings.from_config(loaded.config.decode)
-    settings.beam_size = args.beam
-    tok = loaded.tokenizer
-    translator = Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings)
+    translator = benchmark_translator(args.checkpoint, args.beam)
     lines = args.src.read_text(encoding="utf-8").splitlines()[: args.limit]
     if args.profile:
         from torch.profiler import profile

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.run import OUT, ROOT, decode_speed
+from bench.run import OUT, ROOT, decode_speed, markdown_table
 
 PEERS = {  # ../shared/bench/peers/results.md: 720 s of training T, full test set
     "OpenNMT-py": {"bleu1": 0.52, "chrf1": 11.14, "bleu5": 1.22, "chrf5": 10.80, "tok1": 5494, "tok5": 1322},
@@ -68,12 +68,9 @@ def main() -> None:
     for name, p in PEERS.items():
         rows.append((name, "", f"{p['bleu1']:.2f} / {p['chrf1']:.1f}", f"{p['bleu5']:.2f} / {p['chrf5']:.1f}",
                      f"{p['tok1']:,}", f"{p['tok5']:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print(f"config T after {args.minutes:g} minutes of {args.precision} training ({args.threads} threads), "
           "full test set (decoding in fp32):")
-    print("\n".join(lines))
+    print(markdown_table(rows))
 
 
 if __name__ == "__main__":

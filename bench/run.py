@@ -53,11 +53,10 @@ def run_json(command: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None,
-                 sentences_per_batch: int | None = 64) -> dict:
-    """Translate the test set; sentences/s and output pieces/s, model loading excluded
-    (and BLEU/chrF against ``ref`` when given). Batches of ``sentences_per_batch`` sentences,
-    as the peers ran; None: attn's default of 320 decoder rows (greedy: 320 sentences)."""
+def benchmark_translator(checkpoint: Path, beam: int, sentences_per_batch: int | None = 64):
+    """A Translator for ``checkpoint`` with its decode settings, ``beam`` and batches of
+    ``sentences_per_batch`` sentences, as the peers ran; None: attn's default of 320 decoder
+    rows (greedy: 320 sentences)."""
     from seq2seq.config import DecodeConfig
     from seq2seq.decoding.loading import load_model
     from seq2seq.decoding.translator import TranslateSettings, Translator
@@ -67,7 +66,14 @@ def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None
     settings.beam_size = beam
     settings.batch_size = DecodeConfig().batch_size if sentences_per_batch is None else sentences_per_batch * beam
     tok = loaded.tokenizer
-    translator = Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings)
+    return Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings)
+
+
+def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None,
+                 sentences_per_batch: int | None = 64) -> dict:
+    """Translate the test set; sentences/s and output pieces/s, model loading excluded
+    (and BLEU/chrF against ``ref`` when given). Batches as ``benchmark_translator``."""
+    translator = benchmark_translator(checkpoint, beam, sentences_per_batch)
     lines = src.read_text(encoding="utf-8").splitlines()
     start = time.perf_counter()
     results = translator.translate(lines)
@@ -108,17 +114,15 @@ def main() -> None:
 
     for name in args.only or sorted(CONFIGS):
         checkpoint = OUT / f"bench_{name}.pt"
-        train = run_json([sys.executable, "-m", "bench.train_speed", CONFIGS[name], "--steps", str(args.steps),
-                          "--warmup", str(args.warmup), "--set", f"train.threads={args.threads}",
-                          "--save", str(checkpoint)])
-        train["utilisation"] = train["achieved_gflops"] / results["matmul_ceiling_gflops"]
-        results[f"train_{name}"] = train
-        if "bf16" in precisions:
-            fast = run_json([sys.executable, "-m", "bench.train_speed", CONFIGS[name], "--steps", str(args.steps),
-                             "--warmup", str(args.warmup), "--set", f"train.threads={args.threads}",
-                             "--set", "train.precision=bf16"])
-            fast["utilisation"] = fast["achieved_gflops"] / results["matmul_ceiling_bf16_gflops"]
-            results[f"train_{name}_bf16"] = fast
+        for precision in precisions:
+            fp32 = precision == "fp32"
+            train = run_json([sys.executable, "-m", "bench.train_speed", CONFIGS[name], "--steps", str(args.steps),
+                              "--warmup", str(args.warmup), "--set", f"train.threads={args.threads}",
+                              "--set", f"train.precision={precision}",
+                              *(["--save", str(checkpoint)] if fp32 else [])])  # the fp32 model is decoded
+            ceiling = results["matmul_ceiling_gflops" if fp32 else f"matmul_ceiling_{precision}_gflops"]
+            train["utilisation"] = train["achieved_gflops"] / ceiling
+            results[f"train_{name}" if fp32 else f"train_{name}_{precision}"] = train
         if not args.skip_decode:
             torch.set_num_threads(args.threads)
             # The peers decoded models trained 12 minutes; `make bench-quality` leaves one of
@@ -168,15 +172,20 @@ def render_table(results: dict) -> str:
                 rows.append((f"decode {name} {label}: tok/s (sent/s), {d['pieces_per_sentence']:.0f} pieces/sent",
                              f"{d['tokens_per_s']:,.0f} ({d['sentences_per_s']:.1f})",
                              f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     models = ", ".join(f"{name}: {results[f'decode_{name}_model']}" for name in ("T", "R")
                        if f"decode_{name}_model" in results)
     bf16 = (f", bf16 {results['matmul_ceiling_bf16_gflops']:.0f} GFLOP/s" if "matmul_ceiling_bf16_gflops" in results
             else "")
     return (f"matmul ceiling fp32 {results['matmul_ceiling_gflops']:.0f} GFLOP/s{bf16}; decoded models: {models}\n"
-            + "\n".join(lines))
+            + markdown_table(rows))
+
+
+def markdown_table(rows: list[tuple[str, ...]]) -> str:
+    """Rows of strings (the first is the header) as an aligned Markdown table."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -19,6 +20,7 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's upper limit on 64-bit systems
 
 
+@functools.cache  # a process-wide setting: trainers and translators may all ask for it
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to reuse freed blocks up to 32 MB; False where that is not glibc."""
     if not sys.platform.startswith("linux"):

@@ -55,8 +55,8 @@ class SharedRows:
         if rows % self.group == 0:
             groups = entry_of_row.view(-1, self.group)
             if torch.equal(groups, groups[:, :1].expand_as(groups)):  # whole groups: pick entries
-                return SharedRows(_select(self.entries, groups[:, 0]), self.group)
-        return SharedRows(_select(self.entries, entry_of_row), 1)
+                return SharedRows(reorder_state(self.entries, groups[:, 0]), self.group)
+        return SharedRows(reorder_state(self.entries, entry_of_row), 1)
 
 
 def _first_tensor(node: Any) -> Tensor:
@@ -79,10 +79,6 @@ def _map(node: Any, fn) -> Any:
             return type(node)(_map(value, fn) for value in node)
         case _:
             return node
-
-
-def _select(node: Any, indices: Tensor) -> Any:
-    return reorder_state(node, indices)
 
 
 def reorder_state(state: Any, indices: Tensor) -> Any:

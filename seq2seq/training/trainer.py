@@ -403,9 +403,13 @@ class Trainer:
         """Wall clock of the whole run: earlier (resumed) sessions plus this one."""
         return self.wall_before + time.perf_counter() - self.wall_start
 
-    def out_of_time(self) -> bool:
+    def budget_left(self) -> float:
+        """Seconds of train.max_minutes still to go (inf without a budget)."""
         budget = self.cfg.train.max_minutes
-        return budget is not None and self.wall_seconds() >= 60 * budget
+        return math.inf if budget is None else 60 * budget - self.wall_seconds()
+
+    def out_of_time(self) -> bool:
+        return self.budget_left() <= 0
 
     # --- the run ------------------------------------------------------------------
 
@@ -434,8 +438,7 @@ class Trainer:
             read_device = self.device.type == "cpu" or log_now
             if read_device:
                 self.check_non_finite()
-            budget_left = 60 * cfg.train.max_minutes - self.wall_seconds() if cfg.train.max_minutes else math.inf
-            progress.tick(step, self.state.epoch, time.perf_counter() - start, step - start_step, budget_left)
+            progress.tick(step, self.state.epoch, time.perf_counter() - start, step - start_step, self.budget_left())
 
             if log_now:
                 record = window.record(step, self.state.epoch, self.skipped)
