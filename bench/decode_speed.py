@@ -27,13 +27,14 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "corpora" / "bible-en-es" / "test.es")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    translator = benchmark_translator(args.checkpoint, args.beam)
+    translator = benchmark_translator(args.checkpoint, args.beam, precision=args.precision)
     lines = args.src.read_text(encoding="utf-8").splitlines()[: args.limit]
     if args.profile:
         from torch.profiler import profile

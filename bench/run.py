@@ -6,7 +6,9 @@
    multiplies bf16 natively,
 3. greedy and beam-5 decoding of the full test set (1,998 sentences, batches of 64, at most
    128 pieces), with the 12-minute model of ``make bench-quality`` where it exists (as the
-   peers did), else with the model step 2 reached,
+   peers did), else with the model step 2 reached; in fp32, and with decode.precision bf16
+   where the CPU multiplies bf16 natively; BLEU beside each, so a speed-up that costs
+   quality shows,
 then a table with the peers' numbers and the ratios, saved to ``bench/out/results.json``.
 
 Peer figures are the best of ../shared/bench/peers/results.md (same machine class). Decoding
@@ -30,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 CONFIGS = {"T": "configs/bench_T.yaml", "R": "configs/bench_R.yaml"}
+# Decoding runs: beam, sentences per batch (None: attn's default of 320 decoder rows), key, label.
+DECODE_RUNS = ((1, 64, "beam1", "beam 1"), (5, 64, "beam5", "beam 5"), (1, None, "beam1_default", "beam 1, 320/batch"))
 
 
 def matmul_ceiling(threads: int, n: int = 2048, reps: int = 15, dtype: torch.dtype = torch.float32) -> float:
@@ -53,10 +57,11 @@ def run_json(command: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def benchmark_translator(checkpoint: Path, beam: int, sentences_per_batch: int | None = 64):
+def benchmark_translator(checkpoint: Path, beam: int, sentences_per_batch: int | None = 64,
+                         precision: str = "fp32"):
     """A Translator for ``checkpoint`` with its decode settings, ``beam`` and batches of
     ``sentences_per_batch`` sentences, as the peers ran; None: attn's default of 320 decoder
-    rows (greedy: 320 sentences)."""
+    rows (greedy: 320 sentences). ``precision``: decode.precision."""
     from seq2seq.config import DecodeConfig
     from seq2seq.decoding.loading import load_model
     from seq2seq.decoding.translator import TranslateSettings, Translator
@@ -64,16 +69,17 @@ def benchmark_translator(checkpoint: Path, beam: int, sentences_per_batch: int |
     loaded = load_model(checkpoint)
     settings = TranslateSettings.from_config(loaded.config.decode)
     settings.beam_size = beam
+    settings.precision = precision
     settings.batch_size = DecodeConfig().batch_size if sentences_per_batch is None else sentences_per_batch * beam
     tok = loaded.tokenizer
     return Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings)
 
 
 def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None,
-                 sentences_per_batch: int | None = 64) -> dict:
+                 sentences_per_batch: int | None = 64, precision: str = "fp32") -> dict:
     """Translate the test set; sentences/s and output pieces/s, model loading excluded
-    (and BLEU/chrF against ``ref`` when given). Batches as ``benchmark_translator``."""
-    translator = benchmark_translator(checkpoint, beam, sentences_per_batch)
+    (and BLEU/chrF against ``ref`` when given). Settings as ``benchmark_translator``."""
+    translator = benchmark_translator(checkpoint, beam, sentences_per_batch, precision)
     lines = src.read_text(encoding="utf-8").splitlines()
     start = time.perf_counter()
     results = translator.translate(lines)
@@ -131,11 +137,14 @@ def main() -> None:
             trained = OUT / f"quality_{name}"
             model = trained if (trained / "checkpoints").is_dir() else checkpoint
             results[f"decode_{name}_model"] = str(model.relative_to(ROOT))
-            for beam, per_batch, key in ((1, 64, "beam1"), (5, 64, "beam5"), (1, None, "beam1_default")):
-                speed = decode_speed(model, beam, corpus / "test.es", sentences_per_batch=per_batch)
-                results[f"decode_{name}_{key}"] = speed
-                print(f"decode {name} {key}: {speed['sentences_per_s']:.1f} sent/s, "
-                      f"{speed['tokens_per_s']:,.0f} tok/s", file=sys.stderr)
+            for precision in precisions:
+                for beam, per_batch, key, _ in DECODE_RUNS:
+                    key += "" if precision == "fp32" else f"_{precision}"
+                    speed = decode_speed(model, beam, corpus / "test.es", ref=corpus / "test.en",
+                                         sentences_per_batch=per_batch, precision=precision)
+                    results[f"decode_{name}_{key}"] = speed
+                    print(f"decode {name} {key}: {speed['sentences_per_s']:.1f} sent/s, "
+                          f"{speed['tokens_per_s']:,.0f} tok/s, BLEU {speed['bleu']:.2f}", file=sys.stderr)
 
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print(render_table(results))
@@ -165,13 +174,15 @@ def render_table(results: dict) -> str:
                          f"{best[f'train_{name}']:,}", f"{fast['tgt_tokens_per_s'] / best[f'train_{name}']:.2f}x"))
             rows.append((f"train {name} bf16: peak RSS MiB, utilisation (bf16 ceiling)",
                          f"{fast['peak_rss_mib']:,.0f}, {fast['utilisation']:.0%}", "", ""))
-        for key, label in (("beam1", "beam 1"), ("beam5", "beam 5"), ("beam1_default", "beam 1, 320/batch")):
-            d = results.get(f"decode_{name}_{key}")
-            if d:
-                peer = best.get(f"decode_{name}_{key.removesuffix('_default')}")
-                rows.append((f"decode {name} {label}: tok/s (sent/s), {d['pieces_per_sentence']:.0f} pieces/sent",
-                             f"{d['tokens_per_s']:,.0f} ({d['sentences_per_s']:.1f})",
-                             f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))
+        for suffix, precision in (("", ""), ("_bf16", " bf16")):
+            for _, _, key, label in DECODE_RUNS:
+                d = results.get(f"decode_{name}_{key}{suffix}")
+                if d:
+                    peer = best.get(f"decode_{name}_{key.removesuffix('_default')}")
+                    rows.append((f"decode {name}{precision} {label}: tok/s (sent/s), "
+                                 f"{d['pieces_per_sentence']:.0f} pieces/sent, BLEU {d['bleu']:.2f}",
+                                 f"{d['tokens_per_s']:,.0f} ({d['sentences_per_s']:.1f})",
+                                 f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))
     models = ", ".join(f"{name}: {results[f'decode_{name}_model']}" for name in ("T", "R")
                        if f"decode_{name}_model" in results)
     bf16 = (f", bf16 {results['matmul_ceiling_bf16_gflops']:.0f} GFLOP/s" if "matmul_ceiling_bf16_gflops" in results

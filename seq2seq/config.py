@@ -155,6 +155,9 @@ class DecodeConfig:
     # Decoder rows per batch: sentences x beam size (x nbest when sampling). A step costs about
     # the same for 64 rows as for 320, so greedy search takes 5x more sentences than beam 5.
     batch_size: int = field(default=320, metadata=_range(1))
+    # bf16 decodes with a bf16 copy of the weights: about 1.5-2x faster on CPUs with
+    # AVX512-BF16 or AMX and on GPUs; scores still add up in float32.
+    precision: Literal["fp32", "bf16"] = "fp32"
 
 
 @dataclass

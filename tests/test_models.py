@@ -169,6 +169,22 @@ def test_step_by_step_decoding_matches_teacher_forcing_across_a_reorder(name):
 
 
 @all_models
+def test_bf16_step_by_step_decoding_matches_bf16_teacher_forcing(name):
+    # decode.precision bf16 runs a bf16 copy of the model (the Transformer keeps its
+    # self-attention cache in float32 on the CPU); steps must still agree with a full pass.
+    model = make_model(name).eval().to(torch.bfloat16)
+    src, tgt_in, _ = make_batch(n=5)
+    with torch.no_grad():
+        expected = model(src, tgt_in).float()
+        state = model.init_state(model.encode(src))
+        state = model.reorder(state, torch.tensor([4, 2, 0, 3, 1]))
+        for t in range(tgt_in.size(1)):
+            logits, state, _ = model.step(tgt_in[[4, 2, 0, 3, 1], t], state)
+            assert logits.dtype == torch.bfloat16
+            assert max_diff(logits.float(), expected[[4, 2, 0, 3, 1], t]) < 0.05 * (1 + expected.abs().max().item()), t
+
+
+@all_models
 def test_reorder_expands_a_batch_for_beam_search(name):
     model = make_model(name).eval()
     src, tgt_in, _ = make_batch(n=3)

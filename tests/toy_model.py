@@ -40,7 +40,7 @@ class ToyAttentionGRU(nn.Module):
         return {"memory": memory, "mask": mask}
 
     def init_state(self, encoded: dict[str, Tensor]) -> dict[str, Tensor]:
-        mask = encoded["mask"].unsqueeze(2).float()
+        mask = encoded["mask"].unsqueeze(2).to(encoded["memory"].dtype)
         hidden = (encoded["memory"] * mask).sum(1) / mask.sum(1)
         return {**encoded, "hidden": torch.tanh(hidden)}
 

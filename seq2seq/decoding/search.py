@@ -76,8 +76,10 @@ def restrict_next_tokens(log_probs: Tensor, num_pieces: int, min_len: int, max_l
     eos = log_probs[:, EOS_ID].clone()
     log_probs[:, PAD_ID] = float("-inf")
     log_probs[:, BOS_ID] = float("-inf")
-    # Rows at their limit: everything but EOS goes (one [N,V] pass, no host sync).
-    log_probs.masked_fill_(at_limit, float("-inf"))
+    # Rows at their limit: everything but EOS goes. Most steps have none, and a pass over
+    # [N,V] costs more than the check.
+    if bool(at_limit.any()):
+        log_probs.masked_fill_(at_limit, float("-inf"))
     if num_pieces >= min_len:
         log_probs[:, EOS_ID] = eos
     else:  # too early to end, unless at the limit
@@ -111,8 +113,9 @@ def _source_lengths(src: Tensor) -> Tensor:
 
 
 def _log_probs(logits: Tensor) -> Tensor:
-    # Scores accumulate in float32 even when the model runs in bf16/fp16.
-    return F.log_softmax(logits.float(), dim=-1)
+    # Scores accumulate in float32 even when the model runs in bf16/fp16 (one pass: the
+    # softmax reads bf16 and writes float32).
+    return F.log_softmax(logits, dim=-1, dtype=torch.float32)
 
 
 def _step_log_probs(logits: Tensor) -> Tensor:

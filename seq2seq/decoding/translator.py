@@ -8,6 +8,7 @@ and returns the results in input order.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import logging
@@ -44,6 +45,7 @@ class TranslateSettings:
     seed: int | None = None  # for sampling; None draws a different sample every run
     return_attention: bool = False
     max_source_len: int = 1024  # source pieces; longer lines are truncated with a warning
+    precision: str = "fp32"  # or "bf16": decode with a bf16 copy of the model
 
     @classmethod
     def from_config(cls, decode: DecodeConfig, **options: object) -> TranslateSettings:
@@ -87,7 +89,7 @@ class Translator:
                 f"nbest {settings.nbest} is larger than decode.beam_size {settings.beam_size}; "
                 "raise decode.beam_size or lower nbest"
             )
-        self.model = model
+        self.model = with_precision(model, settings.precision)
         if all(p.device.type == "cpu" for p in model.parameters()):
             keep_freed_memory()
         self.src_encode = src_encode
@@ -179,6 +181,14 @@ class Translator:
             src_ids=src_ids,
             attention=hypothesis.attention,
         )
+
+
+def with_precision(model: nn.Module, precision: str) -> nn.Module:
+    """``model`` itself for fp32; for bf16 a bf16 copy (the caller's model, e.g. the one being
+    trained, stays as it is)."""
+    if precision == "fp32":
+        return model
+    return copy.deepcopy(model).to(torch.bfloat16)
 
 
 def _pad(sequences: list[list[int]], device: torch.device) -> Tensor:

@@ -24,12 +24,15 @@ def read_text_file(path: Path, option: str) -> list[str]:
 
 def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int | None,
                         report_dir: Path | None, device: str = "cpu",
-                        warn=lambda message: None) -> tuple[dict[str, Any], Path]:
-    """Translate ``src``, score against ``refs``, write the report; returns (report, report_dir)."""
+                        warn=lambda message: None, precision: str | None = None) -> tuple[dict[str, Any], Path]:
+    """Translate ``src``, score against ``refs``, write the report; returns (report, report_dir).
+    ``beam`` and ``precision`` default to the checkpoint's decode settings."""
     loaded = load_model(checkpoint, device)
     settings = TranslateSettings.from_config(loaded.config.decode)
     if beam is not None:
         settings.beam_size = beam
+    if precision is not None:
+        settings.precision = precision
     sources = read_text_file(src, "--src")
     references = [read_text_file(path, "--ref") for path in refs]
     # Checked before translating: a mismatch must not cost a decode, nor replace an earlier

@@ -194,7 +194,7 @@ class SelfAttention(nn.Module):
             cache = cache.append(k, v)
             k, v = cache.keys_values()
         dropout = self.dropout if self.training else 0.0
-        out = attend(q, k, v, mask, dropout, is_causal=is_causal)
+        out = attend(q.to(k.dtype), k, v, mask, dropout, is_causal=is_causal).to(x.dtype)
         return self.out(merge_heads(out)), cache
 
 
@@ -214,7 +214,10 @@ class KVCache:
 
     @classmethod
     def empty(cls, batch: int, heads: int, head_dim: int, like: Tensor, capacity: int = 16) -> KVCache:
-        buffer = like.new_empty(batch, heads, capacity, head_dim)
+        # On the CPU a bf16 cache would cost more than it saves: the bf16 batched matmul
+        # copies the cache's strided view to a contiguous one at every step.
+        dtype = torch.float32 if like.device.type == "cpu" and like.dtype == torch.bfloat16 else like.dtype
+        buffer = like.new_empty(batch, heads, capacity, head_dim, dtype=dtype)
         return cls(buffer, torch.empty_like(buffer), 0)
 
     def append(self, k: Tensor, v: Tensor) -> KVCache:
@@ -236,8 +239,14 @@ class KVCache:
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
     def reorder_rows(self, indices: Tensor) -> KVCache:
-        # The whole buffer (at most twice the filled part): the copy keeps room to append.
-        return KVCache(self.keys.index_select(0, indices), self.values.index_select(0, indices), self.length)
+        # New buffers of the same capacity, so there is room to append, but only the filled
+        # part is copied (beam search reorders at every step; up to half a buffer is empty).
+        copies = []
+        for buffer in (self.keys, self.values):
+            new = buffer.new_empty(indices.numel(), *buffer.shape[1:])
+            torch.index_select(buffer[:, :, : self.length], 0, indices, out=new[:, :, : self.length])
+            copies.append(new)
+        return KVCache(*copies, self.length)
 
 
 class CrossAttention(nn.Module):
