@@ -91,3 +91,22 @@ def test_head_closing_the_pipe_early_is_not_an_error(tiny_checkpoint: Path, tmp_
     assert result.returncode == 0
     assert len(result.stdout.splitlines()) == 2
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_translate_in_bf16_scores_like_fp32(tiny_checkpoint: Path, tmp_path: Path):
+    # --precision bf16 decodes with a bf16 copy of the weights; the scores it prints are still
+    # the model's log-probs, so they stay close to the fp32 decoding's.
+    source = tmp_path / "in.es"
+    source.write_text("Y dijo Dios.\nSea la luz.\nEn el principio.\n", encoding="utf-8")
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", "translate", "-c", str(tiny_checkpoint), "--beam", "2",
+             "--max-len-a", "0", "--max-len-b", "4", "--scores", "--precision", precision, "-i", str(source)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs[precision] = [float(line.split("\t")[0]) for line in result.stdout.splitlines()]
+    assert len(outputs["bf16"]) == 3
+    assert outputs["bf16"] == pytest.approx(outputs["fp32"], abs=0.5)
