@@ -36,6 +36,11 @@ CONFIGS = {"T": "configs/bench_T.yaml", "R": "configs/bench_R.yaml"}
 DECODE_RUNS = ((1, 64, "beam1", "beam 1"), (5, 64, "beam5", "beam 5"), (1, None, "beam1_default", "beam 1, 320/batch"))
 
 
+def result_key(name: str, precision: str) -> str:
+    """Where a figure goes in results.json: ``name`` for fp32, ``name_bf16`` for bf16."""
+    return name if precision == "fp32" else f"{name}_{precision}"
+
+
 def matmul_ceiling(threads: int, n: int = 2048, reps: int = 15, dtype: torch.dtype = torch.float32) -> float:
     torch.set_num_threads(threads)
     x, y = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -126,9 +131,9 @@ def main() -> None:
                               "--warmup", str(args.warmup), "--set", f"train.threads={args.threads}",
                               "--set", f"train.precision={precision}",
                               *(["--save", str(checkpoint)] if fp32 else [])])  # the fp32 model is decoded
-            ceiling = results["matmul_ceiling_gflops" if fp32 else f"matmul_ceiling_{precision}_gflops"]
+            ceiling = results[result_key("matmul_ceiling", precision) + "_gflops"]
             train["utilisation"] = train["achieved_gflops"] / ceiling
-            results[f"train_{name}" if fp32 else f"train_{name}_{precision}"] = train
+            results[result_key(f"train_{name}", precision)] = train
         if not args.skip_decode:
             torch.set_num_threads(args.threads)
             # The peers decoded models trained 12 minutes; `make bench-quality` leaves one of
@@ -139,7 +144,7 @@ def main() -> None:
             results[f"decode_{name}_model"] = str(model.relative_to(ROOT))
             for precision in precisions:
                 for beam, per_batch, key, _ in DECODE_RUNS:
-                    key += "" if precision == "fp32" else f"_{precision}"
+                    key = result_key(key, precision)
                     speed = decode_speed(model, beam, corpus / "test.es", ref=corpus / "test.en",
                                          sentences_per_batch=per_batch, precision=precision)
                     results[f"decode_{name}_{key}"] = speed
@@ -174,12 +179,13 @@ def render_table(results: dict) -> str:
                          f"{best[f'train_{name}']:,}", f"{fast['tgt_tokens_per_s'] / best[f'train_{name}']:.2f}x"))
             rows.append((f"train {name} bf16: peak RSS MiB, utilisation (bf16 ceiling)",
                          f"{fast['peak_rss_mib']:,.0f}, {fast['utilisation']:.0%}", "", ""))
-        for suffix, precision in (("", ""), ("_bf16", " bf16")):
+        for precision in ("fp32", "bf16"):
             for _, _, key, label in DECODE_RUNS:
-                d = results.get(f"decode_{name}_{key}{suffix}")
+                d = results.get(f"decode_{name}_{result_key(key, precision)}")
                 if d:
                     peer = best.get(f"decode_{name}_{key.removesuffix('_default')}")
-                    rows.append((f"decode {name}{precision} {label}: tok/s (sent/s), "
+                    shown = "" if precision == "fp32" else f" {precision}"
+                    rows.append((f"decode {name}{shown} {label}: tok/s (sent/s), "
                                  f"{d['pieces_per_sentence']:.0f} pieces/sent, BLEU {d['bleu']:.2f}",
                                  f"{d['tokens_per_s']:,.0f} ({d['sentences_per_s']:.1f})",
                                  f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))

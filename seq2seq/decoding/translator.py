@@ -188,7 +188,9 @@ def with_precision(model: nn.Module, precision: str) -> nn.Module:
     trained, stays as it is)."""
     if precision == "fp32":
         return model
-    return copy.deepcopy(model).to(torch.bfloat16)
+    if precision == "bf16":
+        return copy.deepcopy(model).to(torch.bfloat16)
+    raise ValueError(f"decode precision must be fp32 or bf16, got {precision!r}")
 
 
 def _pad(sequences: list[list[int]], device: torch.device) -> Tensor:

@@ -215,7 +215,8 @@ class KVCache:
     @classmethod
     def empty(cls, batch: int, heads: int, head_dim: int, like: Tensor, capacity: int = 16) -> KVCache:
         # On the CPU a bf16 cache would cost more than it saves: the bf16 batched matmul
-        # copies the cache's strided view to a contiguous one at every step.
+        # copies the cache's strided view to a contiguous one at every step. So a bf16 model
+        # keeps a float32 cache, and SelfAttention casts its query to the cache's dtype.
         dtype = torch.float32 if like.device.type == "cpu" and like.dtype == torch.bfloat16 else like.dtype
         buffer = like.new_empty(batch, heads, capacity, head_dim, dtype=dtype)
         return cls(buffer, torch.empty_like(buffer), 0)
