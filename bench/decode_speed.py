@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.run import ROOT, benchmark_translator
+from bench.run import CORPUS, benchmark_translator
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--src", type=Path, default=ROOT.parent / "shared" / "corpora" / "bible-en-es" / "test.es")
+    parser.add_argument("--src", type=Path, default=CORPUS / "test.es")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     translator = benchmark_translator(args.checkpoint, args.beam, precision=args.precision)

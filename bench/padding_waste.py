@@ -1,6 +1,6 @@
 """Benchmark of the data pipeline on the full Bible corpus: tokenize speed and padding waste.
 
-    python bench/padding_waste.py [--corpus DIR] [--batch-tokens 4096]
+    python -m bench.padding_waste [--corpus DIR] [--batch-tokens 4096]
 
 Runs ``attn tokenize`` (forced, so it really works) into ``bench/out/padding_waste``, then
 builds one epoch of token-budget batches and reports how much of the padded tensors is padding
@@ -19,13 +19,14 @@ from seq2seq.config import load_config
 from seq2seq.data.batching import TokenBatchSampler, collate, padding_waste
 from seq2seq.data.prepare import prepare_data
 
-FULL_CORPUS = Path("/work/shared/corpora/bible-en-es")
+from bench.run import CORPUS
+
 OUT_DIR = Path(__file__).resolve().parent / "out" / "padding_waste"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=FULL_CORPUS, help="has {train,valid,test}.{es,en}")
+    parser.add_argument("--corpus", type=Path, default=CORPUS, help="has {train,valid,test}.{es,en}")
     parser.add_argument("--batch-tokens", type=int, default=4096)
     args = parser.parse_args()
 

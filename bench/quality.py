@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.run import OUT, ROOT, decode_speed, markdown_table
+from bench.run import CORPUS, OUT, ROOT, decode_speed, markdown_table
 
 PEERS = {  # ../shared/bench/peers/results.md: 720 s of training T, full test set
     "OpenNMT-py": {"bleu1": 0.52, "chrf1": 11.14, "bleu5": 1.22, "chrf5": 10.80, "tok1": 5494, "tok5": 1322},
@@ -34,7 +34,6 @@ def main() -> None:
                         help="training precision (bf16: autocast, on CPUs with AVX512-BF16 or AMX)")
     parser.add_argument("--skip-train", action="store_true", help="decode the run already in bench/out/quality_T")
     args = parser.parse_args()
-    corpus = ROOT.parent / "shared" / "corpora" / "bible-en-es"
     suffix = "" if args.precision == "fp32" else f"_{args.precision}"
     run_dir = OUT / f"quality_T{suffix}"
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -53,8 +52,8 @@ def main() -> None:
     steps = ckpt.load_checkpoint(ckpt.resolve_checkpoint(run_dir))["run_state"]["step"]
     results = {"minutes": args.minutes, "precision": args.precision, "steps": steps}
     for beam in (1, 5):
-        results[f"beam{beam}"] = decode_speed(run_dir, beam, corpus / "test.es",
-                                              corpus / "test.en")
+        results[f"beam{beam}"] = decode_speed(run_dir, beam, CORPUS / "test.es",
+                                              CORPUS / "test.en")
         r = results[f"beam{beam}"]
         print(f"beam {beam}: BLEU {r['bleu']:.2f} chrF {r['chrf']:.2f} | {r['sentences_per_s']:.1f} sent/s "
               f"{r['tokens_per_s']:,.0f} tok/s ({r['pieces_per_sentence']:.1f} pieces/sentence)", file=sys.stderr)

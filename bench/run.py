@@ -31,6 +31,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
+# The full corpus, beside the checkout (not committed): train/valid/test.{es,en}.
+CORPUS = ROOT.parent / "shared" / "corpora" / "bible-en-es"
 CONFIGS = {"T": "configs/bench_T.yaml", "R": "configs/bench_R.yaml"}
 # Decoding runs: beam, sentences per batch (None: attn's default of 320 decoder rows), key, label.
 DECODE_RUNS = ((1, 64, "beam1", "beam 1"), (5, 64, "beam5", "beam 5"), (1, None, "beam1_default", "beam 1, 320/batch"))
@@ -108,9 +110,8 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(CONFIGS), action="append")
     parser.add_argument("--skip-decode", action="store_true")
     args = parser.parse_args()
-    corpus = ROOT.parent / "shared" / "corpora" / "bible-en-es"
-    if not (corpus / "train.es").exists():
-        sys.exit(f"the full corpus is not at {corpus}; the benchmarks need it")
+    if not (CORPUS / "train.es").exists():
+        sys.exit(f"the full corpus is not at {CORPUS}; the benchmarks need it")
 
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -145,7 +146,7 @@ def main() -> None:
             for precision in precisions:
                 for beam, per_batch, key, _ in DECODE_RUNS:
                     key = result_key(key, precision)
-                    speed = decode_speed(model, beam, corpus / "test.es", ref=corpus / "test.en",
+                    speed = decode_speed(model, beam, CORPUS / "test.es", ref=CORPUS / "test.en",
                                          sentences_per_batch=per_batch, precision=precision)
                     results[f"decode_{name}_{key}"] = speed
                     print(f"decode {name} {key}: {speed['sentences_per_s']:.1f} sent/s, "

@@ -21,9 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.run import OUT, ROOT
-
-CORPUS = ROOT.parent / "shared" / "corpora" / "bible-en-es"
+from bench.run import CORPUS, OUT, ROOT
 
 
 def recombined(a: str, b: str) -> str:

@@ -90,7 +90,7 @@ class Translator:
                 "raise decode.beam_size or lower nbest"
             )
         self.model = with_precision(model, settings.precision)
-        if all(p.device.type == "cpu" for p in model.parameters()):
+        if _device_of(model).type == "cpu":
             keep_freed_memory()
         self.src_encode = src_encode
         self.tgt_decode = tgt_decode
