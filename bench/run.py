@@ -1,9 +1,12 @@
 """``make bench``: attn's speed on this machine, next to the peers' figures.
 
-1. the fp32 matmul ceiling (GFLOP/s with the same threads),
+1. the fp32 matmul ceiling (GFLOP/s with the same threads): torch.mm's (MKL, as the peers
+   measured it) and oneDNN's (what attn's linear layers use; on AMD processors MKL runs a
+   slower generic path), utilisation against the higher of the two,
 2. training throughput of configs T and R on the full Bible corpus (each in its own process,
    so peak RSS is per config), in fp32 as the peers ran, and with bf16 autocast where the CPU
-   multiplies bf16 natively,
+   multiplies bf16 natively; and config R with fairseq's attention (``general``: fairseq's
+   LSTM has no additive attention, so its figure is for this cheaper one),
 3. greedy and beam-5 decoding of the full test set (1,998 sentences, batches of 64, at most
    128 pieces), with the 12-minute model of ``make bench-quality`` where it exists (as the
    peers did), else with the model step 2 reached; in fp32, and with decode.precision bf16
@@ -29,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from seq2seq.models.linear import ONEDNN_LINEAR
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 # The full corpus, beside the checkout (not committed): train/valid/test.{es,en}.
@@ -43,15 +48,20 @@ def result_key(name: str, precision: str) -> str:
     return name if precision == "fp32" else f"{name}_{precision}"
 
 
-def matmul_ceiling(threads: int, n: int = 2048, reps: int = 15, dtype: torch.dtype = torch.float32) -> float:
+def matmul_ceiling(threads: int, n: int = 2048, reps: int = 15, dtype: torch.dtype = torch.float32,
+                   onednn: bool = False) -> float:
+    """GFLOP/s of an n x n x n product: torch.mm, or oneDNN's as attn's fp32 linear layers run it."""
+    from seq2seq.models.linear import onednn_matmul_nt
+
     torch.set_num_threads(threads)
     x, y = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    multiply = (lambda: onednn_matmul_nt(x, y)) if onednn else (lambda: torch.mm(x, y))
     for _ in range(3):
-        torch.mm(x, y)
+        multiply()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        torch.mm(x, y)
+        multiply()
         times.append(time.perf_counter() - start)
     return 2 * n**3 / statistics.median(times) / 1e9
 
@@ -117,24 +127,31 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     results: dict = {"threads": args.threads, "torch": torch.__version__}
     results["matmul_ceiling_gflops"] = matmul_ceiling(args.threads)
-    print(f"matmul ceiling: {results['matmul_ceiling_gflops']:.0f} GFLOP/s ({args.threads} threads)", file=sys.stderr)
+    if ONEDNN_LINEAR:
+        results["matmul_ceiling_onednn_gflops"] = matmul_ceiling(args.threads, onednn=True)
+    fp32_ceiling = max(results["matmul_ceiling_gflops"], results.get("matmul_ceiling_onednn_gflops", 0.0))
+    print(f"matmul ceiling: {results['matmul_ceiling_gflops']:.0f} GFLOP/s torch.mm, {fp32_ceiling:.0f} "
+          f"the best fp32 ({args.threads} threads)", file=sys.stderr)
     # bf16 autocast pays only where the CPU multiplies bf16 natively (AVX512-BF16, AMX).
     precisions = ["fp32"]
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
         results["matmul_ceiling_bf16_gflops"] = matmul_ceiling(args.threads, dtype=torch.bfloat16)
         precisions.append("bf16")
 
+    def train_speed(name: str, precision: str, *extra: str) -> dict:
+        train = run_json([sys.executable, "-m", "bench.train_speed", CONFIGS[name], "--steps", str(args.steps),
+                          "--warmup", str(args.warmup), "--set", f"train.threads={args.threads}",
+                          "--set", f"train.precision={precision}", *extra])
+        ceiling = fp32_ceiling if precision == "fp32" else results["matmul_ceiling_bf16_gflops"]
+        return train | {"utilisation": train["achieved_gflops"] / ceiling}
+
     for name in args.only or sorted(CONFIGS):
         checkpoint = OUT / f"bench_{name}.pt"
-        for precision in precisions:
-            fp32 = precision == "fp32"
-            train = run_json([sys.executable, "-m", "bench.train_speed", CONFIGS[name], "--steps", str(args.steps),
-                              "--warmup", str(args.warmup), "--set", f"train.threads={args.threads}",
-                              "--set", f"train.precision={precision}",
-                              *(["--save", str(checkpoint)] if fp32 else [])])  # the fp32 model is decoded
-            ceiling = results[result_key("matmul_ceiling", precision) + "_gflops"]
-            train["utilisation"] = train["achieved_gflops"] / ceiling
-            results[result_key(f"train_{name}", precision)] = train
+        for precision in precisions:  # the fp32 model is saved, to be decoded
+            save = ["--save", str(checkpoint)] if precision == "fp32" else []
+            results[result_key(f"train_{name}", precision)] = train_speed(name, precision, *save)
+        if name == "R":  # fairseq's figure is for its dot-product attention: the matched comparison
+            results["train_R_general"] = train_speed(name, "fp32", "--set", "model.attention=general")
         if not args.skip_decode:
             torch.set_num_threads(args.threads)
             # The peers decoded models trained 12 minutes; `make bench-quality` leaves one of
@@ -174,6 +191,11 @@ def render_table(results: dict) -> str:
         rows.append((f"train {name}: padding", f"{t['padding_ratio']:.1%}", "", ""))
         rows.append((f"train {name}: MFLOP/tgt token, utilisation", f"{t['flops_per_tgt_token'] / 1e6:.1f}, "
                      f"{t['utilisation']:.0%}", "", ""))
+        matched = results.get(f"train_{name}_general")
+        if matched:
+            rows.append((f"train {name}, fairseq's attention (general): target tok/s",
+                         f"{matched['tgt_tokens_per_s']:,.0f}", f"{best['train_R']:,}",
+                         f"{matched['tgt_tokens_per_s'] / best['train_R']:.2f}x"))
         fast = results.get(f"train_{name}_bf16")
         if fast:
             rows.append((f"train {name} bf16 autocast: target tok/s", f"{fast['tgt_tokens_per_s']:,.0f}",
@@ -192,9 +214,12 @@ def render_table(results: dict) -> str:
                                  f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))
     models = ", ".join(f"{name}: {results[f'decode_{name}_model']}" for name in ("T", "R")
                        if f"decode_{name}_model" in results)
+    onednn = (f", oneDNN {results['matmul_ceiling_onednn_gflops']:.0f}" if "matmul_ceiling_onednn_gflops" in results
+              else "")
     bf16 = (f", bf16 {results['matmul_ceiling_bf16_gflops']:.0f} GFLOP/s" if "matmul_ceiling_bf16_gflops" in results
             else "")
-    return (f"matmul ceiling fp32 {results['matmul_ceiling_gflops']:.0f} GFLOP/s{bf16}; decoded models: {models}\n"
+    return (f"matmul ceiling fp32 {results['matmul_ceiling_gflops']:.0f} GFLOP/s (torch.mm){onednn}{bf16}; "
+            f"decoded models: {models}\n"
             + markdown_table(rows))
 
 

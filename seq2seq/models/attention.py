@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from seq2seq.models.fastops import tanh_
+from seq2seq.models.linear import Linear
 
 # ------------------------------------------------------------------ pure functions
 
@@ -102,7 +103,7 @@ class GeneralScore(nn.Module):
 
     def __init__(self, query_dim: int, key_dim: int):
         super().__init__()
-        self.key_to_query = nn.Linear(key_dim, query_dim, bias=False)
+        self.key_to_query = Linear(key_dim, query_dim, bias=False)
 
     def precompute(self, keys: Tensor) -> Tensor:
         return self.key_to_query(keys)
@@ -116,10 +117,10 @@ class AdditiveScore(nn.Module):
 
     def __init__(self, query_dim: int, key_dim: int, attention_dim: int):
         super().__init__()
-        self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)
+        self.query_proj = Linear(query_dim, attention_dim, bias=False)
         # The one bias sits on the key side, where it is precomputed for free.
-        self.key_proj = nn.Linear(key_dim, attention_dim)
-        self.v = nn.Linear(attention_dim, 1, bias=False)
+        self.key_proj = Linear(key_dim, attention_dim)
+        self.v = Linear(attention_dim, 1, bias=False)
 
     def precompute(self, keys: Tensor) -> Tensor:
         return self.key_proj(keys)
@@ -197,9 +198,9 @@ class LocalAttention(nn.Module):
         self.independent_queries = predictive
         if predictive:
             self.position = nn.Sequential(  # v^T tanh(W_p h_t)
-                nn.Linear(query_dim, query_dim, bias=False),
+                Linear(query_dim, query_dim, bias=False),
                 nn.Tanh(),
-                nn.Linear(query_dim, 1, bias=False),
+                Linear(query_dim, 1, bias=False),
             )
 
     def precompute(self, keys: Tensor) -> Tensor:

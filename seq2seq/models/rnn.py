@@ -26,6 +26,7 @@ from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
 from seq2seq.models.attention import build_attention, context_size
 from seq2seq.models.fastops import Dropout, dropout
+from seq2seq.models.linear import Linear
 from seq2seq.models.state import SharedRows, reorder_state
 
 RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -163,7 +164,7 @@ class Bridge(nn.Module):
         super().__init__()
         self.layers = layers
         self.projections = nn.ModuleList(
-            nn.Linear(encoder_dim, layers * hidden_dim) for _ in range(num_states)
+            Linear(encoder_dim, layers * hidden_dim) for _ in range(num_states)
         )
 
     def forward(self, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -201,7 +202,7 @@ class RNNDecoder(nn.Module):
         self.attention = build_attention(
             cfg.attention, cfg.hidden_dim, encoder_dim, cfg.window, cfg.local_score
         )
-        self.attentional = nn.Linear(context_dim + cfg.hidden_dim, cfg.hidden_dim, bias=False)
+        self.attentional = Linear(context_dim + cfg.hidden_dim, cfg.hidden_dim, bias=False)
         num_states = 2 if cfg.arch == "lstm" else 1
         self.bridge = None
         if cfg.bridge:
@@ -209,8 +210,8 @@ class RNNDecoder(nn.Module):
         # A tied output matrix is the embedding table, so it reads embed_dim-wide vectors.
         self.to_embedding = nn.Identity()
         if cfg.tie_embeddings and cfg.hidden_dim != cfg.embed_dim:
-            self.to_embedding = nn.Linear(cfg.hidden_dim, cfg.embed_dim, bias=False)
-        self.output = nn.Linear(cfg.embed_dim if cfg.tie_embeddings else cfg.hidden_dim, vocab_size)
+            self.to_embedding = Linear(cfg.hidden_dim, cfg.embed_dim, bias=False)
+        self.output = Linear(cfg.embed_dim if cfg.tie_embeddings else cfg.hidden_dim, vocab_size)
         if cfg.tie_embeddings:
             self.output.weight = embedding.weight
         self.dropout = Dropout(cfg.dropout)

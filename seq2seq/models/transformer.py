@@ -30,6 +30,7 @@ from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
 from seq2seq.models.fastops import Dropout, ReLUDropout, dropout_noise
 from seq2seq.models.fastops import dropout as fast_dropout
+from seq2seq.models.linear import Linear
 from seq2seq.models.state import SharedRows, reorder_state
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -182,8 +183,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.out = Linear(dim, dim)
 
     def forward(
         self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, is_causal: bool = False
@@ -257,9 +258,9 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
-        self.query = nn.Linear(dim, dim)
-        self.key_value = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.query = Linear(dim, dim)
+        self.key_value = Linear(dim, 2 * dim)
+        self.out = Linear(dim, dim)
 
     def memory_keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Project the memory once per sentence: [B,S,d] -> keys, values [B,heads,S,d/heads]."""
@@ -304,9 +305,9 @@ class FeedForward(nn.Module):
         activation = [ReLUDropout(cfg.dropout), nn.Identity()] if cfg.activation == "relu" else [
             ACTIVATIONS[cfg.activation](), Dropout(cfg.dropout)]
         self.net = nn.Sequential(
-            nn.Linear(cfg.hidden_dim, cfg.ffn_dim),
+            Linear(cfg.hidden_dim, cfg.ffn_dim),
             *activation,
-            nn.Linear(cfg.ffn_dim, cfg.hidden_dim),
+            Linear(cfg.ffn_dim, cfg.hidden_dim),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -419,7 +420,7 @@ class TransformerDecoder(nn.Module):
         self.embed = TransformerEmbedding(tokens, cfg)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.final_norm = nn.LayerNorm(cfg.hidden_dim) if cfg.norm == "pre" else nn.Identity()
-        self.output = nn.Linear(cfg.hidden_dim, vocab_size, bias=False)
+        self.output = Linear(cfg.hidden_dim, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = tokens.weight
         self.window = cfg.window if cfg.attention == "local" else None

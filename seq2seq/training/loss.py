@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from seq2seq.data.special import PAD_ID
+from seq2seq.models.linear import linear, matmul_nt, matmul_tn
 
 
 @dataclass
@@ -89,7 +90,7 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
         weight_sum = weight.sum(dim=0).to(features.dtype) if want_grad else None
         for start in range(0, features.size(0), rows):
             h, t = features[start:start + rows], target[start:start + rows]
-            logits = F.linear(h, weight, bias)
+            logits = linear(h, weight, bias)
             if logits.element_size() < 4:  # bf16/fp16 autocast: the softmax in fp32
                 logits = logits.float()
             # logsumexp by hand, in place: torch.logsumexp writes a temporary as big as the chunk.
@@ -112,12 +113,10 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
             exp.scatter_add_(1, t.unsqueeze(1), ((smoothing - 1.0) * total).unsqueeze(1))
             inv_total = total.reciprocal().unsqueeze(1)
             exp = exp.to(h.dtype)
-            grad_features[start:start + rows] = (exp @ weight.to(h.dtype)) * inv_total - off_target * weight_sum
+            grad_features[start:start + rows] = matmul_nt(exp, weight.to(h.dtype).t()) * inv_total - off_target * weight_sum
             scaled_h = (h * inv_total).to(h.dtype)
-            if grad_weight.dtype == h.dtype:
-                grad_weight.addmm_(exp.t(), scaled_h)
-            else:  # bf16/fp16 autocast: accumulate the fp32 weight gradient in fp32
-                grad_weight += exp.t() @ scaled_h
+            # (under bf16/fp16 autocast, the fp32 weight gradient still accumulates in fp32)
+            grad_weight += matmul_tn(exp, scaled_h)
             if grad_bias is not None:
                 grad_bias += exp.t().float() @ inv_total.squeeze(1)
         if want_grad:

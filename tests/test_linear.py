@@ -1,0 +1,72 @@
+"""seq2seq.models.linear: float32 linear layers on oneDNN must compute what F.linear computes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seq2seq.models import linear as onednn
+from seq2seq.models.linear import Linear, linear, matmul_nt, matmul_tn, uses_onednn
+
+needs_onednn = pytest.mark.skipif(not onednn.ONEDNN_LINEAR, reason="this PyTorch build has no oneDNN")
+
+
+def gradients(fn, x, weight, bias, grad_out):
+    out = fn(x, weight, bias)
+    return out, torch.autograd.grad(out, [t for t in (x, weight, bias) if t is not None], grad_out)
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(7, 16), (3, 5, 16), (1, 16)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_f_linear_forward_and_backward(shape, with_bias):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator, requires_grad=True)
+    weight = torch.randn(24, 16, generator=generator, requires_grad=True)
+    bias = torch.randn(24, generator=generator, requires_grad=True) if with_bias else None
+    grad_out = torch.randn(*shape[:-1], 24, generator=generator)
+    assert uses_onednn(x, weight)
+    out, grads = gradients(linear, x, weight, bias, grad_out)
+    expected, expected_grads = gradients(F.linear, x, weight, bias, grad_out)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_gradient_of_a_sum_and_in_place_use_of_the_output():
+    """.sum() sends a stride-0 gradient; ReLU-dropout modifies a linear's output in place."""
+    layer = Linear(8, 6)
+    x = torch.randn(4, 3, 8, requires_grad=True)
+    out = layer(x)
+    out.clamp_(min=0).sum().backward()
+    reference = Linear(8, 6)
+    reference.load_state_dict(layer.state_dict())
+    x_ref = x.detach().clone().requires_grad_()
+    F.linear(x_ref, reference.weight, reference.bias).clamp(min=0).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.weight.grad, reference.weight.grad)
+    torch.testing.assert_close(layer.bias.grad, reference.bias.grad)
+
+
+@pytest.mark.parametrize("rows,cols", [(5, 9), (9, 5)])
+def test_matmul_helpers_match_torch(rows, cols):
+    a, b = torch.randn(11, rows), torch.randn(11, cols)
+    torch.testing.assert_close(matmul_tn(a, b), a.t() @ b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(matmul_nt(a.t(), b.t()), a.t() @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_and_bf16_weights_keep_torchs_path():
+    x, weight = torch.randn(3, 8), torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_onednn(x, weight)
+        assert linear(x, weight).dtype == torch.bfloat16
+    assert not uses_onednn(x.bfloat16(), weight.bfloat16())
+    assert linear(x.bfloat16(), weight.bfloat16()).dtype == torch.bfloat16
+
+
+def test_switching_it_off_gives_f_linear(monkeypatch):
+    monkeypatch.setattr(onednn, "ONEDNN_LINEAR", False)
+    x, weight = torch.randn(3, 8), torch.randn(4, 8)
+    assert not uses_onednn(x, weight)
+    assert torch.equal(linear(x, weight), F.linear(x, weight))
