@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.models.linear import ONEDNN_LINEAR
+from seq2seq.models.linear import ONEDNN_LINEAR, onednn_matmul_nt
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -51,8 +51,6 @@ def result_key(name: str, precision: str) -> str:
 def matmul_ceiling(threads: int, n: int = 2048, reps: int = 15, dtype: torch.dtype = torch.float32,
                    onednn: bool = False) -> float:
     """GFLOP/s of an n x n x n product: torch.mm, or oneDNN's as attn's fp32 linear layers run it."""
-    from seq2seq.models.linear import onednn_matmul_nt
-
     torch.set_num_threads(threads)
     x, y = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     multiply = (lambda: onednn_matmul_nt(x, y)) if onednn else (lambda: torch.mm(x, y))
