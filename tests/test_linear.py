@@ -1,5 +1,7 @@
 """seq2seq.models.linear: float32 linear layers on oneDNN must compute what F.linear computes."""
 
+import ctypes
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,3 +73,30 @@ def test_switching_it_off_gives_f_linear(monkeypatch):
     x, weight = torch.randn(3, 8), torch.randn(4, 8)
     assert not uses_onednn(x, weight)
     assert torch.equal(linear(x, weight), F.linear(x, weight))
+
+
+def malloc_bytes_in_use() -> int | None:
+    """glibc's count of heap bytes allocated and not yet freed; None where that is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        info = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+    info.restype = type("Mallinfo2", (ctypes.Structure,), {"_fields_": [(f, ctypes.c_size_t) for f in fields]})
+    return info().uordblks
+
+
+@needs_onednn
+def test_memory_does_not_grow_with_the_number_of_shapes_seen():
+    """Each batch has its own row count; oneDNN's and ideep's per-shape caches must stay bounded
+    (left at their defaults they kept ~0.5 MB per shape: 300 shapes held 168 MB)."""
+    if malloc_bytes_in_use() is None:
+        pytest.skip("needs glibc's mallinfo2")
+    weight = torch.randn(64, 32)
+    for rows in range(1, 40):  # fill the caches to their bound first
+        linear(torch.randn(rows, 32), weight)
+    before = malloc_bytes_in_use()
+    for rows in range(100, 400):
+        linear(torch.randn(rows, 32), weight)
+    assert malloc_bytes_in_use() - before < 20 * 2**20
