@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from seq2seq.models import linear as onednn
-from seq2seq.models.linear import Linear, linear, matmul_nt, matmul_tn, uses_onednn
+from seq2seq.models.linear import Linear, linear, matmul_nt, matmul_tn, packed_weights, uses_onednn
 
 needs_onednn = pytest.mark.skipif(not onednn.ONEDNN_LINEAR, reason="this PyTorch build has no oneDNN")
 
@@ -73,6 +73,31 @@ def test_switching_it_off_gives_f_linear(monkeypatch):
     x, weight = torch.randn(3, 8), torch.randn(4, 8)
     assert not uses_onednn(x, weight)
     assert torch.equal(linear(x, weight), F.linear(x, weight))
+
+
+@needs_onednn
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_packed_weights_give_the_same_products_and_are_freed_on_leaving(with_bias):
+    model = torch.nn.Sequential(Linear(24, 40, bias=with_bias), torch.nn.ReLU(), Linear(40, 8, bias=with_bias))
+    inputs = [torch.randn(rows, 24) for rows in (1, 7, 64)] + [torch.randn(5, 3, 24)]
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+        with packed_weights(model, rows=64):
+            got = [model(x) for x in inputs]
+            assert all(layer.packed is not None for layer in (model[0], model[2]))
+    for e, g in zip(expected, got):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    assert model[0].packed is None and model[0].packed_rows is None
+
+
+@needs_onednn
+def test_packed_weights_are_not_used_where_gradients_are_needed():
+    layer = Linear(6, 4)
+    with packed_weights(layer, rows=8):
+        layer(torch.randn(3, 6)).sum().backward()
+        assert layer.packed is None
+    assert layer.weight.grad is not None
 
 
 def malloc_bytes_in_use() -> int | None:

@@ -23,6 +23,7 @@ from seq2seq.data.special import EOS_ID, PAD_ID
 from seq2seq.decoding.search import Hypothesis, beam_search, gnmt_length_penalty, greedy_search, sample
 from seq2seq.errors import UserError
 from seq2seq.memory import keep_freed_memory
+from seq2seq.models.linear import packed_weights
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Translator:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), packed_weights(self.model, self.settings.batch_size):
                 per_batch = self.sentences_per_batch()
                 for start in range(0, len(to_decode), per_batch):
                     batch = to_decode[start : start + per_batch]

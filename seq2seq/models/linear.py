@@ -7,11 +7,18 @@ reached 360-400 GFLOP/s on the same products, in float32, with float32 rounding 
 precision). ``linear`` computes ``F.linear`` with oneDNN there, forward and backward; bf16
 (autocast or bf16 weights), other devices, and builds without oneDNN use ``F.linear`` as before.
 ``ONEDNN_LINEAR = False`` turns it off (for A/B measurements).
+
+Decoding multiplies the same weights by a few dozen rows at every step, and there oneDNN is
+faster still with weights stored in its own blocked layout: ``packed_weights`` keeps such a copy
+of every ``Linear`` weight for the duration of a translation (measured on config T, 64 rows:
+the 8,000-word output layer 1.09 -> 0.63 ms, greedy decoding of 640 sentences 5.6 -> 4.5 s).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -108,7 +115,30 @@ class _OneDNNLinear(torch.autograd.Function):
 
 
 class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) computed by ``linear``."""
+    """``nn.Linear`` (same parameters, same state dict) computed by ``linear``; inside
+    ``packed_weights``, without gradients, with a copy of its weight in oneDNN's layout."""
+
+    packed_rows: int | None = None  # set inside packed_weights
+    packed: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.packed_rows is not None and not torch.is_grad_enabled() and uses_onednn(x, self.weight):
+            if self.packed is None:  # packed at first use: a bf16 copy of the model never is
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.packed_rows)
+            return _LINEAR_POINTWISE(x, self.packed, self.bias, "none", [], "")
         return linear(x, self.weight, self.bias)
+
+
+@contextlib.contextmanager
+def packed_weights(model: nn.Module, rows: int) -> Iterator[None]:
+    """Inside, ``model``'s Linear layers multiply (without gradients) by copies of their
+    weights reordered for about ``rows`` input rows; the copies are freed on leaving, so weights
+    that change afterwards (a model in training, validated now and then) are never stale."""
+    layers = [m for m in model.modules() if isinstance(m, Linear)] if ONEDNN_LINEAR else []
+    for layer in layers:
+        layer.packed_rows = rows
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.packed_rows = layer.packed = None
