@@ -77,17 +77,19 @@ def test_switching_it_off_gives_f_linear(monkeypatch):
 
 @needs_onednn
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_packed_weights_give_the_same_products_and_are_freed_on_leaving(with_bias):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_give_the_same_products_and_are_freed_on_leaving(with_bias, dtype):
     model = torch.nn.Sequential(Linear(24, 40, bias=with_bias), torch.nn.ReLU(), Linear(40, 8, bias=with_bias))
-    inputs = [torch.randn(rows, 24) for rows in (1, 7, 64)] + [torch.randn(5, 3, 24)]
+    model.to(dtype)
+    inputs = [torch.randn(rows, 24, dtype=dtype) for rows in (1, 7, 64)] + [torch.randn(5, 3, 24, dtype=dtype)]
     with torch.no_grad():
         expected = [model(x) for x in inputs]
         with packed_weights(model, rows=64):
             got = [model(x) for x in inputs]
             assert all(layer.packed is not None for layer in (model[0], model[2]))
     for e, g in zip(expected, got):
-        assert g.shape == e.shape
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        assert g.shape == e.shape and g.dtype == dtype
+        torch.testing.assert_close(g, e, **({"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {}))
     assert model[0].packed is None and model[0].packed_rows is None
 
 
