@@ -128,7 +128,7 @@ class Linear(nn.Linear):
         if self.packed_rows is not None and not torch.is_grad_enabled() and _packable(x, self.weight):
             if self.packed is None:  # at first use: layers the search never calls stay unpacked
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.packed_rows)
-            return _LINEAR_POINTWISE(x, self.packed, self.bias, "none", [], "")
+            return _LINEAR_POINTWISE(_no_broadcast(x), self.packed, self.bias, "none", [], "")
         return linear(x, self.weight, self.bias)
 
 
