@@ -50,10 +50,10 @@ _LINEAR_POINTWISE = _onednn_linear_op()
 ONEDNN_LINEAR = _LINEAR_POINTWISE is not None
 
 
-def uses_onednn(x: Tensor, weight: Tensor) -> bool:
-    """Whether ``linear(x, weight)`` runs on oneDNN."""
-    return (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"))
+def uses_onednn(x: Tensor, weight: Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
+    """Whether ``linear(x, weight)`` runs on oneDNN (``dtypes``: those it is wanted for)."""
+    return (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in dtypes
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def onednn_matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -117,6 +117,11 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
+# bf16 too (a bf16 copy of a model decodes with bf16 weights): oneDNN multiplies bf16 in any
+# case, and the blocked layout made it 10-25 % faster at decoding's row counts.
+_PACKED_DTYPES = (torch.float32, torch.bfloat16)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, same state dict) computed by ``linear``; inside
     ``packed_weights``, without gradients, with a copy of its weight in oneDNN's layout."""
@@ -125,18 +130,12 @@ class Linear(nn.Linear):
     packed: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.packed_rows is not None and not torch.is_grad_enabled() and _packable(x, self.weight):
+        if (self.packed_rows is not None and not torch.is_grad_enabled()
+                and uses_onednn(x, self.weight, _PACKED_DTYPES)):
             if self.packed is None:  # at first use: layers the search never calls stay unpacked
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.packed_rows)
             return _LINEAR_POINTWISE(_no_broadcast(x), self.packed, self.bias, "none", [], "")
         return linear(x, self.weight, self.bias)
-
-
-def _packable(x: Tensor, weight: Tensor) -> bool:
-    # bf16 too (a bf16 copy of a model decodes with bf16 weights): oneDNN multiplies bf16 in
-    # any case, and the blocked layout made it 10-25 % faster at decoding's row counts.
-    return (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype
-            and x.dtype in (torch.float32, torch.bfloat16) and not torch.is_autocast_enabled("cpu"))
 
 
 @contextlib.contextmanager
