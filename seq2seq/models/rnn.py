@@ -24,6 +24,7 @@ from torch import Tensor, _VF, nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
+from seq2seq.models import lstm_step
 from seq2seq.models.attention import build_attention, context_size
 from seq2seq.models.fastops import Dropout, dropout
 from seq2seq.models.linear import Linear
@@ -250,12 +251,13 @@ class RNNDecoder(nn.Module):
             attentional = torch.tanh(self.attentional(torch.cat([context, outputs], dim=-1)))
         else:
             attentional_t = state.get("feed")  # read back only by Luong input feeding
+            rnn = lstm_step.DeferredLSTM(self.rnn) if lstm_step.applies(self.rnn, embedded) else self.rnn
             outputs, step_weights = [], []
             # unbind, not embedded[:, t]: one backward node for all steps; T slices would each
             # zero-fill a gradient the size of the whole target.
             for t, embedded_t in enumerate(embedded.unbind(1)):
                 attentional_t, hidden, weights_t = self._decode_step(
-                    embedded_t.unsqueeze(1), hidden, attentional_t, state, state["step"] + t
+                    embedded_t.unsqueeze(1), hidden, attentional_t, state, state["step"] + t, rnn
                 )
                 outputs.append(attentional_t)
                 step_weights.append(weights_t)
@@ -268,7 +270,7 @@ class RNNDecoder(nn.Module):
         embedded = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
         hidden = to_layers_first(state["hidden"])
         attentional, hidden, weights = self._decode_step(
-            embedded, hidden, state.get("feed"), state, state["step"]
+            embedded, hidden, state.get("feed"), state, state["step"], self.rnn
         )
         new_state = {**state, "hidden": to_batch_first(hidden), "step": state["step"] + 1}
         if self.input_feeding:
@@ -276,20 +278,23 @@ class RNNDecoder(nn.Module):
         return self.output(self._features(attentional)).squeeze(1), new_state, weights.squeeze(1)
 
     def _decode_step(
-        self, embedded: Tensor, hidden: RNNHidden, feed: Tensor | None, state: dict, step: int
+        self, embedded: Tensor, hidden: RNNHidden, feed: Tensor | None, state: dict, step: int,
+        rnn: nn.Module | lstm_step.DeferredLSTM,
     ) -> tuple[Tensor, RNNHidden, Tensor]:
         """One position; embedded [B,1,E] -> attentional state [B,1,H], new hidden, weights [B,1,S].
 
-        The cell is nn.RNN/GRU/LSTM itself, one step per call: its fused CPU kernel (oneDNN)
+        ``rnn`` is nn.RNN/GRU/LSTM itself, one step per call: its fused CPU kernel (oneDNN)
         beat both a hand-written cell and one whose embedding projection is computed for all
-        positions at once (W_ih [y; h~] = W_y y + W_h h~), by 30-45%, forward and backward.
+        positions at once (W_ih [y; h~] = W_y y + W_h h~), by 30-45%, forward and backward;
+        or, for an LSTM in training, ``DeferredLSTM``, which beats it by computing the weight
+        gradients of all steps in one product (see lstm_step.py).
         """
         if self.style == "bahdanau":
             context, weights = self._attend(top_layer(hidden).unsqueeze(1), state, step)
-            output, hidden = self.rnn(torch.cat([embedded, context], dim=-1), hidden)
+            output, hidden = rnn(torch.cat([embedded, context], dim=-1), hidden)
         else:
             rnn_input = torch.cat([embedded, feed], dim=-1) if self.input_feeding else embedded
-            output, hidden = self.rnn(rnn_input, hidden)
+            output, hidden = rnn(rnn_input, hidden)
             context, weights = self._attend(output, state, step)
         attentional = torch.tanh(self.attentional(torch.cat([context, output], dim=-1)))
         return attentional, hidden, weights
