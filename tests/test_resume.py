@@ -30,11 +30,19 @@ def train_losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in lines}
 
 
-def test_resumed_run_matches_the_uninterrupted_run(tiny_corpus, tmp_path):
+# The second: an LSTM decoder of 2 layers with input feeding, which in training runs attn's own
+# steps (seq2seq/models/lstm_step.py) with attn's dropout between the layers.
+MODELS = {"default": (), "lstm-input-feeding": ("model.arch=lstm", "model.decoder_layers=2",
+                                                "model.decoder_style=luong", "model.input_feeding=true")}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_resumed_run_matches_the_uninterrupted_run(tiny_corpus, tmp_path, model):
     a, b = tmp_path / "a", tmp_path / "b"
-    quiet_train(tiny_corpus.config(a, *RUN, "train.max_steps=12"))
-    quiet_train(tiny_corpus.config(b, *RUN, "train.max_steps=6"))
-    summary = quiet_train(tiny_corpus.config(b, *RUN, "train.max_steps=12"), resume=True)
+    run = (*RUN, *MODELS[model])
+    quiet_train(tiny_corpus.config(a, *run, "train.max_steps=12"))
+    quiet_train(tiny_corpus.config(b, *run, "train.max_steps=6"))
+    summary = quiet_train(tiny_corpus.config(b, *run, "train.max_steps=12"), resume=True)
     assert summary.steps == 12
 
     losses_a, losses_b = train_losses(a), train_losses(b)
