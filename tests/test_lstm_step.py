@@ -1,5 +1,7 @@
 """DeferredLSTM: the same outputs and gradients as nn.LSTM run one position at a time."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -56,6 +58,12 @@ def test_dropout_only_between_layers_in_training():
     rnn.train()
     # Dropping half of the bottom layer's outputs changes the top layer's: not the eval result.
     assert not torch.allclose(DeferredLSTM(rnn)(x, hidden)[0], rnn.eval()(x, hidden)[0], atol=1e-4)
+    with warnings.catch_warnings():  # nn.LSTM warns that one layer has nowhere to drop out
+        warnings.simplefilter("ignore", UserWarning)
+        one_layer = nn.LSTM(4, 6, num_layers=1, batch_first=True, dropout=0.5).train()
+    # Nothing is dropped after the top layer, so one layer in training is the plain LSTM.
+    single = (hidden[0][:1], hidden[1][:1])
+    torch.testing.assert_close(DeferredLSTM(one_layer)(x, single)[0], one_layer(x, single)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_applies_only_where_it_is_faster():

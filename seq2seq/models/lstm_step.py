@@ -114,10 +114,9 @@ class _LSTMStep(torch.autograd.Function):
         xh, gates, c, tanh_c, weight_t = ctx.saved_tensors
         size = c.size(1)
         i, f, g, o = gates.split(size, dim=1)
-        grad_h = torch.zeros_like(c) if grad_h is None else grad_h
-        grad_c_total = grad_h * o * (1 - tanh_c * tanh_c)  # through h = o * tanh(c)
-        if grad_c is not None:
-            grad_c_total += grad_c
+        # (grad_h and grad_c are never None: autograd passes zeros for an output the loss did
+        # not read, the last step's c for one.)
+        grad_c_total = grad_h * o * (1 - tanh_c * tanh_c) + grad_c  # c reaches h through tanh
         gate_grads = torch.empty_like(gates)  # d loss / d pre-activation, per gate
         grad_i, grad_f, grad_g, grad_o = gate_grads.split(size, dim=1)
         torch.mul(grad_c_total * g, i * (1 - i), out=grad_i)
