@@ -9,6 +9,7 @@ from seq2seq.data.special import BOS_ID, PAD_ID
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model, count_parameters, describe_model
 from seq2seq.models.state import reorder_state
+from seq2seq.models.transformer import KVCache
 from tests.synthetic import make_reverse_batch, sequence_loss
 
 SRC_VOCAB = 20
@@ -313,3 +314,19 @@ def test_share_vocab_with_different_vocabularies_is_a_user_error():
 def test_unsupported_combinations_name_the_key(overrides, key):
     with pytest.raises(UserError, match=key):
         build_model(ModelConfig(**{**RNN_BASE, **overrides}), SRC_VOCAB, SRC_VOCAB)
+
+
+@pytest.mark.parametrize("indices", [
+    [0, 1, 1, 3, 4, 5],  # one row changes: copied within the buffers
+    [0, 5, 2, 3],  # rows leave and the last fills a hole: also within the buffers
+    [5, 4, 3, 2, 1, 0],  # most rows change: new buffers
+    [0, 0, 1, 1, 2, 2, 3],  # more rows than before (beam expansion): new buffers
+])
+def test_kv_cache_reorder_selects_rows_and_can_still_grow(indices):
+    keys, values = torch.randn(6, 2, 5, 3), torch.randn(6, 2, 5, 3)
+    cache = KVCache.empty(6, 2, 3, keys, capacity=5).append(keys, values)
+    cache = cache.reorder_rows(torch.tensor(indices))
+    more_keys, more_values = torch.randn(len(indices), 2, 1, 3), torch.randn(len(indices), 2, 1, 3)
+    grown_keys, grown_values = cache.append(more_keys, more_values).keys_values()  # past capacity
+    assert torch.equal(grown_keys, torch.cat([keys[indices], more_keys], dim=2))
+    assert torch.equal(grown_values, torch.cat([values[indices], more_values], dim=2))

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from seq2seq.config import ModelConfig
 from seq2seq.data.special import EOS_ID, PAD_ID
 from seq2seq.decoding.search import (
     Ensemble,
@@ -15,13 +16,16 @@ from seq2seq.decoding.search import (
     forced_score,
     gnmt_length_penalty,
     greedy_search,
+    keep_parents_in_place,
     max_output_length,
+    rows_that_stay,
     sample,
     top_k_filter,
     top_p_filter,
 )
 from seq2seq.decoding.translator import TranslateSettings, Translator, hard_alignments, pharaoh
 from seq2seq.errors import UserError
+from seq2seq.models.builder import build_model
 from tests.toy_model import A, B, C, ToyAttentionGRU, TransitionModel, random_batch
 
 # Max length floor(1.5 * src_len + 3): small enough to keep the tests fast.
@@ -38,6 +42,19 @@ def no_grad():
 def model() -> ToyAttentionGRU:
     # Seed 3 gives a mix of outputs that end early and outputs that hit the length limit.
     return ToyAttentionGRU(seed=3).eval()
+
+
+@pytest.fixture(scope="module")
+def transformer() -> torch.nn.Module:
+    """A random 2-layer Transformer over the toy vocabulary: its beams reorder key/value caches
+    (in place when few rows change) and its sentences end at different steps."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="transformer", attention="scaled_dot", hidden_dim=16, heads=2, ffn_dim=32,
+                      encoder_layers=1, decoder_layers=2, dropout=0.0)
+    model = build_model(cfg, 12, 12).eval()
+    with torch.no_grad():  # EOS's logit 0 (untrained, it ranks first): outputs of 0 to 10 pieces
+        model.decoder.output.weight[EOS_ID] = 0.0
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +91,41 @@ def test_top_k_and_top_p_filters():
 
 
 # --------------------------------------------------------------------------- known answers
+
+
+def test_keep_parents_in_place_on_an_example():
+    # Parent 0 has two children, parent 1 two, parent 2 one; parents 3 and 4 none.
+    parents = torch.tensor([[0, 0, 1, 2, 1]])
+    order = keep_parents_in_place(parents)
+    # Each parent's first child takes its slot; the second children take slots 3 and 4.
+    assert order.tolist() == [[0, 2, 3, 1, 4]]
+
+
+def test_keep_parents_in_place_keeps_as_many_beams_in_place_as_there_are_parents():
+    generator = torch.Generator().manual_seed(0)
+    for k in (1, 2, 5):
+        parents = torch.randint(0, k, (200, k), generator=generator)
+        order = keep_parents_in_place(parents)
+        assert torch.equal(order.sort(dim=1).values, torch.arange(k).expand(200, k))  # a permutation
+        in_place = (parents.gather(1, order) == torch.arange(k)).sum(dim=1)
+        distinct_parents = torch.tensor([len(set(row)) for row in parents.tolist()])
+        assert torch.equal(in_place, distinct_parents)  # the most possible
+        # Children of one parent keep their rank order (the first child stays in place).
+        for row_parents, row_order in zip(parents.tolist(), order.tolist()):
+            first_child = {p: row_parents.index(p) for p in set(row_parents)}
+            assert all(row_order[p] == child for p, child in first_child.items())
+
+
+def test_rows_that_stay_fill_holes_from_the_end():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        leaving = torch.rand(9, generator=generator) < 0.4
+        order = rows_that_stay(leaving)
+        staying = (~leaving).nonzero().squeeze(1)
+        assert sorted(order.tolist()) == staying.tolist()
+        kept_in_place = [r for r in staying.tolist() if r < staying.numel()]
+        assert all(order[r] == r for r in kept_in_place)
+    assert rows_that_stay(torch.tensor([True, False, False, True, False])).tolist() == [4, 1, 2]
 
 
 def test_beam_finds_the_better_sequence_that_greedy_misses():
@@ -134,7 +186,9 @@ def test_beam_size_one_equals_greedy(model, src):
         torch.testing.assert_close(g.attention, b.attention)
 
 
-def test_batched_beam_equals_one_sentence_at_a_time(model, src):
+@pytest.mark.parametrize("model_name", ["model", "transformer"])
+def test_batched_beam_equals_one_sentence_at_a_time(model_name, src, request):
+    model = request.getfixturevalue(model_name)
     batched = beam_search(model, src, 4, 1.0, **LIMITS, nbest=4)
     for i, nbest in enumerate(batched):
         alone = beam_search(model, only_real_positions(src, i), 4, 1.0, **LIMITS, nbest=4)[0]
@@ -142,8 +196,10 @@ def test_batched_beam_equals_one_sentence_at_a_time(model, src):
         assert [h.score for h in nbest] == pytest.approx([h.score for h in alone], abs=1e-5)
 
 
+@pytest.mark.parametrize("model_name", ["model", "transformer"])
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
-def test_nbest_is_sorted_and_scores_match_forced_scoring(model, src, alpha):
+def test_nbest_is_sorted_and_scores_match_forced_scoring(model_name, src, alpha, request):
+    model = request.getfixturevalue(model_name)
     beams = beam_search(model, src, 5, alpha, **LIMITS, nbest=5)
     for i, nbest in enumerate(beams):
         scores = [h.score for h in nbest]

@@ -6,7 +6,8 @@ Every search works with any model that has the step interface (the models in
     encode(src [B,S]) -> encoded                 the encoder runs once per batch
     init_state(encoded) -> state                 nested dicts/lists of tensors, batch on dim 0
     step(prev [B], state) -> (logits [B,V], state, attention [B,S] or None)
-    reorder(state, indices [B']) -> state        index_select on dim 0 of every tensor
+    reorder(state, indices [B']) -> state        index_select on dim 0 of every tensor (the
+                                                 old state may be overwritten: use the new one)
     forward(src, tgt_in [B,T], return_attention=False) -> logits [B,T,V] (, attention [B,T,S])
     tgt_vocab_size
 
@@ -85,6 +86,34 @@ def restrict_next_tokens(log_probs: Tensor, num_pieces: int, min_len: int, max_l
     else:  # too early to end, unless at the limit
         log_probs[:, EOS_ID] = eos.masked_fill(~at_limit.squeeze(1), float("-inf"))
     return log_probs
+
+
+def keep_parents_in_place(parents: Tensor) -> Tensor:
+    """The order [N,k] in which to place each sentence's k new beams so that as many as
+    possible stay in the row of the beam they extend: ``parents`` [N,k] holds the beam (0..k-1)
+    each new beam extends. The first child of each parent takes its parent's slot; the other
+    children fill, in order, the slots of parents that have none.
+
+    Beam search then copies the decoder state of only the rows that changed, not all of them.
+    """
+    k = parents.size(1)
+    one_hot = F.one_hot(parents, k)  # [N, child, parent]
+    first = (one_hot.cumsum(dim=1) * one_hot).sum(dim=2) == 1  # [N, child]
+    taken = one_hot.any(dim=1)  # [N, slot]
+    free_slots = taken.int().argsort(dim=1, stable=True)  # the free slots first, ascending
+    rank_among_others = ((~first).cumsum(dim=1) - 1).clamp(min=0)
+    slot = torch.where(first, parents, free_slots.gather(1, rank_among_others))
+    return slot.argsort(dim=1)
+
+
+def rows_that_stay(leaving: Tensor) -> Tensor:
+    """The rows that stay when rows ``leaving`` [N] (bool) leave a batch, as indices in their
+    new order: the last staying rows fill the holes, so that every other row keeps its place
+    (and its decoder state need not be copied)."""
+    staying = (~leaving).nonzero().squeeze(1)
+    order = torch.arange(staying.numel(), device=leaving.device)
+    order[leaving[: staying.numel()]] = staying[staying >= staying.numel()]
+    return order
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -230,7 +259,7 @@ def _one_token_per_step(
         if num_finished == live:
             break
         if drop_finished and 4 * num_finished >= live:
-            keep = (~finished).nonzero().squeeze(1)
+            keep = rows_that_stay(finished)
             state = model.reorder(state, keep)
             rows, max_lens, token, finished = rows[keep], max_lens[keep], token[keep], finished[keep]
         prev = token
@@ -330,8 +359,11 @@ def beam_search(
         )
         num_finished += ends.sum(dim=1)
 
-        # The k best candidates that did not end stay live; topk keeps them in score order.
+        # The k best candidates that did not end stay live, each in its parent's row where
+        # it can be, so that the state is copied for fewer rows.
         beam_scores, live = top_scores.masked_fill(tokens == EOS_ID, float("-inf")).topk(k, dim=1)
+        order = keep_parents_in_place(rows.gather(1, live) % k)
+        beam_scores, live = beam_scores.gather(1, order), live.gather(1, order)
         live_rows = rows.gather(1, live)
         live_tokens = tokens.gather(1, live)
 
@@ -340,7 +372,7 @@ def beam_search(
         if num_done == num_live:
             break
         if num_done:  # done sentences leave the batch
-            keep = (~done).nonzero().squeeze(1)
+            keep = rows_that_stay(done)
             beam_scores, live_rows, live_tokens = (x[keep] for x in (beam_scores, live_rows, live_tokens))
             sentence_ids, max_lens, num_finished = (x[keep] for x in (sentence_ids, max_lens, num_finished))
 

@@ -204,8 +204,10 @@ class KVCache:
 
     Buffers [B, heads, capacity, d/heads] filled up to ``length``: appending a position
     writes into the buffer (doubling it when full) instead of concatenating the whole past
-    at every step. ``append`` returns a new cache object over the same buffers, so a state
-    must be stepped from only once (as every search does); ``reorder_rows`` copies.
+    at every step. ``append`` returns a new cache object over the same buffers, and so may
+    ``reorder_rows``, which copies only the rows that change when they are few (beam search,
+    whose beams mostly stay in their rows). So a state must be stepped from or reordered only
+    once, as every search does.
     """
 
     __slots__ = ("keys", "values", "length")
@@ -241,11 +243,22 @@ class KVCache:
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
     def reorder_rows(self, indices: Tensor) -> KVCache:
+        rows = indices.numel()
+        if rows <= self.keys.size(0):
+            # Beam search keeps most beams in their own row (search.keep_parents_in_place), so
+            # only the rows that changed are copied, within the same buffers. That reads and
+            # writes them twice (through a temporary), so it pays up to half the rows.
+            moved = (indices != torch.arange(rows, device=indices.device)).nonzero().squeeze(1)
+            if 2 * moved.numel() <= rows:
+                for buffer in (self.keys, self.values):
+                    filled = buffer[:, :, : self.length]
+                    filled.index_copy_(0, moved, filled.index_select(0, indices[moved]))
+                return KVCache(self.keys[:rows], self.values[:rows], self.length)
         # New buffers of the same capacity, so there is room to append, but only the filled
-        # part is copied (beam search reorders at every step; up to half a buffer is empty).
+        # part is copied (up to half a buffer is empty).
         copies = []
         for buffer in (self.keys, self.values):
-            new = buffer.new_empty(indices.numel(), *buffer.shape[1:])
+            new = buffer.new_empty(rows, *buffer.shape[1:])
             torch.index_select(buffer[:, :, : self.length], 0, indices, out=new[:, :, : self.length])
             copies.append(new)
         return KVCache(*copies, self.length)
