@@ -57,4 +57,9 @@ def test_relu_dropout_gradient_passes_exactly_where_the_output_is_positive():
     out.backward(grad)
     torch.testing.assert_close(x.grad, torch.where(out > 0, grad * scale[0], torch.zeros_like(grad)))
     plain = torch.randn(5, 4)
-    assert torch.equal(relu_dropout(plain, 0.25, training=False), torch.relu(plain))
+    expected = torch.relu(plain)
+    assert torch.equal(relu_dropout(plain, 0.25, training=False), expected)
+    # In evaluation it works in place unless a gradient must flow back through x.
+    with_grad = torch.randn(5, 4, requires_grad=True)
+    assert torch.equal(relu_dropout(with_grad, 0.25, training=False), torch.relu(with_grad))
+    assert (with_grad < 0).any()  # x itself unchanged
