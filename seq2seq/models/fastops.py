@@ -55,7 +55,7 @@ def relu_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or p == 0.0:
         # In place where no gradient flows back (decoding): one FFN-wide tensor less. For the
         # encoder of a 320-sentence batch that is 52 MB, which glibc maps afresh (above its
-        # 32 MB ceiling for reuse), and first-touching it cost as much as the product itself.
+        # 32 MB ceiling for reuse): 13 ms to first-touch, most of a product's 16 ms.
         return torch.relu(x) if torch.is_grad_enabled() and x.requires_grad else x.relu_()
     if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
         return F.dropout(torch.relu(x), p, training)
