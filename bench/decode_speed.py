@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--limit", type=int)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=CORPUS / "test.es")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    translator = benchmark_translator(args.checkpoint, args.beam, precision=args.precision)
+    translator = benchmark_translator(args.checkpoint, args.beam, precision=args.precision, workers=args.workers)
     lines = args.src.read_text(encoding="utf-8").splitlines()[: args.limit]
     if args.profile:
         from torch.profiler import profile
@@ -50,6 +51,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         best = seconds if best is None else min(best, seconds)
     pieces = sum(len(r[0].tokens) for r in results)
+    translator.close()
     if args.out:
         args.out.write_text("".join(" ".join(map(str, r[0].tokens)) + f"\t{r[0].score:.4f}\n" for r in results))
     print(json.dumps({"beam": args.beam, "sentences": len(lines), "seconds": round(best, 3),

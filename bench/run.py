@@ -10,8 +10,8 @@
 3. greedy and beam-5 decoding of the full test set (1,998 sentences, batches of 64, at most
    128 pieces), with the 12-minute model of ``make bench-quality`` where it exists (as the
    peers did), else with the model step 2 reached; in fp32, and with decode.precision bf16
-   where the CPU multiplies bf16 natively; BLEU beside each, so a speed-up that costs
-   quality shows,
+   where the CPU multiplies bf16 natively; in one process and in two (``--workers 2``, the
+   worker's start-up timed too); BLEU beside each, so a speed-up that costs quality shows,
 then a table with the peers' numbers and the ratios, saved to ``bench/out/results.json``.
 
 Peer figures are the best of ../shared/bench/peers/results.md (same machine class). Decoding
@@ -39,8 +39,15 @@ OUT = ROOT / "bench" / "out"
 # The full corpus, beside the checkout (not committed): train/valid/test.{es,en}.
 CORPUS = ROOT.parent / "shared" / "corpora" / "bible-en-es"
 CONFIGS = {"T": "configs/bench_T.yaml", "R": "configs/bench_R.yaml"}
-# Decoding runs: beam, sentences per batch (None: attn's default of 320 decoder rows), key, label.
-DECODE_RUNS = ((1, 64, "beam1", "beam 1"), (5, 64, "beam5", "beam 5"), (1, None, "beam1_default", "beam 1, 320/batch"))
+# Decoding runs: beam, sentences per batch (None: attn's default of 320 decoder rows), worker
+# processes, key (its first part names the peers' figure), label.
+DECODE_RUNS = (
+    (1, 64, 1, "beam1", "beam 1"),
+    (5, 64, 1, "beam5", "beam 5"),
+    (1, None, 1, "beam1_default", "beam 1, 320/batch"),
+    (1, 64, 2, "beam1_workers2", "beam 1, --workers 2"),
+    (5, 64, 2, "beam5_workers2", "beam 5, --workers 2"),
+)
 
 
 def result_key(name: str, precision: str) -> str:
@@ -73,16 +80,16 @@ def run_json(command: list[str]) -> dict:
 
 
 def benchmark_translator(checkpoint: Path, beam: int, sentences_per_batch: int | None = 64,
-                         precision: str = "fp32"):
+                         precision: str = "fp32", workers: int = 1):
     """A Translator for ``checkpoint`` with its decode settings, ``beam`` and batches of
     ``sentences_per_batch`` sentences, as the peers ran; None: attn's default of 320 decoder
-    rows (greedy: 320 sentences). ``precision``: decode.precision."""
+    rows (greedy: 320 sentences). ``precision``: decode.precision; ``workers``: --workers."""
     from seq2seq.config import DecodeConfig
     from seq2seq.decoding.loading import load_model
     from seq2seq.decoding.translator import TranslateSettings, Translator
 
     loaded = load_model(checkpoint)
-    settings = TranslateSettings.from_config(loaded.config.decode)
+    settings = TranslateSettings.from_config(loaded.config.decode, workers=workers)
     settings.beam_size = beam
     settings.precision = precision
     settings.batch_size = DecodeConfig().batch_size if sentences_per_batch is None else sentences_per_batch * beam
@@ -91,16 +98,17 @@ def benchmark_translator(checkpoint: Path, beam: int, sentences_per_batch: int |
 
 
 def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None,
-                 sentences_per_batch: int | None = 64, precision: str = "fp32") -> dict:
-    """Translate the test set; sentences/s and output pieces/s, model loading excluded
-    (and BLEU/chrF against ``ref`` when given). Settings as ``benchmark_translator``."""
-    translator = benchmark_translator(checkpoint, beam, sentences_per_batch, precision)
+                 sentences_per_batch: int | None = 64, precision: str = "fp32", workers: int = 1) -> dict:
+    """Translate the test set; sentences/s and output pieces/s, model loading excluded but the
+    worker processes' start included (and BLEU/chrF against ``ref`` when given). Settings as
+    ``benchmark_translator``."""
     lines = src.read_text(encoding="utf-8").splitlines()
-    start = time.perf_counter()
-    results = translator.translate(lines)
-    seconds = time.perf_counter() - start
+    with benchmark_translator(checkpoint, beam, sentences_per_batch, precision, workers) as translator:
+        start = time.perf_counter()
+        results = translator.translate(lines)
+        seconds = time.perf_counter() - start
     pieces = sum(len(r[0].tokens) for r in results)
-    speed = {"beam": beam, "sentences": len(lines), "seconds": seconds, "sentences_per_s": len(lines) / seconds,
+    speed = {"beam": beam, "workers": workers, "sentences": len(lines), "seconds": seconds, "sentences_per_s": len(lines) / seconds,
              "tokens_per_s": pieces / seconds, "pieces_per_sentence": pieces / len(lines)}
     if ref is not None:
         from seq2seq.evaluation.metrics import score_corpus
@@ -159,10 +167,10 @@ def main() -> None:
             model = trained if (trained / "checkpoints").is_dir() else checkpoint
             results[f"decode_{name}_model"] = str(model.relative_to(ROOT))
             for precision in precisions:
-                for beam, per_batch, key, _ in DECODE_RUNS:
+                for beam, per_batch, workers, key, _ in DECODE_RUNS:
                     key = result_key(key, precision)
                     speed = decode_speed(model, beam, CORPUS / "test.es", ref=CORPUS / "test.en",
-                                         sentences_per_batch=per_batch, precision=precision)
+                                         sentences_per_batch=per_batch, precision=precision, workers=workers)
                     results[f"decode_{name}_{key}"] = speed
                     print(f"decode {name} {key}: {speed['sentences_per_s']:.1f} sent/s, "
                           f"{speed['tokens_per_s']:,.0f} tok/s, BLEU {speed['bleu']:.2f}", file=sys.stderr)
@@ -201,10 +209,10 @@ def render_table(results: dict) -> str:
             rows.append((f"train {name} bf16: peak RSS MiB, utilisation (bf16 ceiling)",
                          f"{fast['peak_rss_mib']:,.0f}, {fast['utilisation']:.0%}", "", ""))
         for precision in ("fp32", "bf16"):
-            for _, _, key, label in DECODE_RUNS:
+            for _, _, _, key, label in DECODE_RUNS:
                 d = results.get(f"decode_{name}_{result_key(key, precision)}")
                 if d:
-                    peer = best.get(f"decode_{name}_{key.removesuffix('_default')}")
+                    peer = best.get(f"decode_{name}_{key.split('_')[0]}")
                     shown = "" if precision == "fp32" else f" {precision}"
                     rows.append((f"decode {name}{shown} {label}: tok/s (sent/s), "
                                  f"{d['pieces_per_sentence']:.0f} pieces/sent, BLEU {d['bleu']:.2f}",

@@ -185,6 +185,9 @@ def open_model(checkpoints: list[Path], tokenizer: Path | None, device: str):
     return model, loaded[0]
 
 
+WorkersOpt = Annotated[int, typer.Option(
+    min=1, help="Processes decoding side by side on the CPU, sharing its threads (2 on 2 cores: ~1.3x faster).")]
+
 CheckpointOpt = Annotated[
     list[Path],
     typer.Option("--checkpoint", "-c", help="A checkpoint .pt or a run's output_dir (its best checkpoint); "
@@ -207,6 +210,7 @@ def translate(
     max_len_b: Annotated[Optional[int], typer.Option(min=0)] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Decoder rows per batch: sentences x beam size.")] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="fp32, or bf16 (faster on CPUs with AVX512-BF16/AMX and on GPUs).")] = None,
+    workers: WorkersOpt = 1,
     sample: Annotated[bool, typer.Option("--sample", help="Sample translations instead of beam search.")] = False,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
     top_k: Annotated[int, typer.Option(min=0, help="Sample from the k most likely pieces (0: all).")] = 0,
@@ -235,7 +239,7 @@ def translate(
     settings = TranslateSettings.from_config(dataclasses.replace(
         decode, **{k: v for k, v in overrides.items() if v is not None}),
         nbest=nbest, sampling=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        return_attention=bool(attention_plots or alignments))
+        return_attention=bool(attention_plots or alignments), workers=workers)
     tok = loaded.tokenizer
     translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda m: eprint(f"warning: {m}"))
 
@@ -270,6 +274,7 @@ def translate(
             sink.discard()
         raise
     finally:
+        translator.close()
         if input:
             os.close(source_fd)
     if sink:
@@ -334,6 +339,7 @@ def evaluate(
     src: Annotated[Optional[Path], typer.Option("--src", help="Source text for --checkpoint.")] = None,
     beam: Annotated[Optional[int], typer.Option(min=1, help="Beam size for --checkpoint.")] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="fp32 or bf16 for --checkpoint.")] = None,
+    workers: WorkersOpt = 1,
     compare: Annotated[Optional[Path], typer.Option(help="Another system's hypotheses: paired bootstrap test against --hyp.")] = None,
     report_dir: Annotated[Optional[Path], typer.Option(help="Where report.json/report.md go (default: <run>/eval or beside --hyp).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (for --checkpoint).")] = "cpu",
@@ -352,7 +358,7 @@ def evaluate(
             raise UserError("--compare works with --hyp; translate both systems first")
         report, report_dir = translate_and_score(checkpoint, src, ref, beam, report_dir, device,
                                                  warn=lambda m: eprint(f"warning: {m}"),
-                                                 precision=precision and precision.value)
+                                                 precision=precision and precision.value, workers=workers)
     elif hyp is not None:
         references = [read_text_file(path, "--ref") for path in ref]
         hypotheses = read_text_file(hyp, "--hyp")

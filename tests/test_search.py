@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from seq2seq.config import ModelConfig
 from seq2seq.data.special import EOS_ID, PAD_ID
 from seq2seq.decoding.search import (
     Ensemble,
+    Hypothesis,
     average_checkpoints,
     beam_search,
     forced_score,
@@ -24,6 +26,7 @@ from seq2seq.decoding.search import (
     top_p_filter,
 )
 from seq2seq.decoding.translator import TranslateSettings, Translator, hard_alignments, pharaoh
+from seq2seq.decoding.workers import DecodeWorkers
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model
 from tests.toy_model import A, B, C, ToyAttentionGRU, TransitionModel, random_batch
@@ -359,6 +362,45 @@ def test_translator_sampling_gives_nbest_draws(model):
 def test_translator_refuses_nbest_above_beam_size(model):
     with pytest.raises(UserError, match="beam_size"):
         make_translator(model, beam_size=2, nbest=3)
+
+
+def _tag_with_pid(model, settings, batch):
+    """A stand-in for decode_batch that says which process decoded each sentence."""
+    return [[Hypothesis(ids, float(os.getpid()))] for ids in batch]
+
+
+def test_decode_workers_share_the_batches_and_keep_their_order():
+    batches = [[[i, j] for j in range(3)] for i in range(8)]
+    workers = DecodeWorkers(_tag_with_pid, torch.nn.Linear(2, 2), TranslateSettings(), workers=2)
+    try:
+        results = workers.decode(batches)
+    finally:
+        workers.close()
+    assert [[hyps[0].tokens for hyps in decoded] for decoded in results] == batches
+    # Both decoded: the child is handed batches before this process starts on its own.
+    assert {hyps[0].score for decoded in results for hyps in decoded} - {float(os.getpid())}
+    assert float(os.getpid()) in {hyps[0].score for decoded in results for hyps in decoded}
+
+
+@pytest.mark.parametrize("options", [
+    dict(beam_size=1, return_attention=True), dict(beam_size=3, nbest=2), dict(sampling=True, nbest=2, seed=5),
+], ids=["greedy-with-attention", "beam-nbest", "sampling"])
+def test_worker_processes_translate_as_one_process_does(transformer, options):
+    generator = torch.Generator().manual_seed(2)
+    lines = [" ".join(str(int(t)) for t in torch.randint(4, 12, (int(n),), generator=generator))
+             for n in torch.randint(1, 9, (22,), generator=generator)]
+    batch_size = 3 * (options.get("nbest", 1) if options.get("sampling") else options["beam_size"])  # 8 batches
+    alone = make_translator(transformer, batch_size=batch_size, **options).translate(lines)
+    with make_translator(transformer, batch_size=batch_size, workers=2, **options) as translator:
+        shared = translator.translate(lines)
+        assert translator.workers is not None
+    for one, other in zip(alone, shared):
+        assert [r.tokens for r in other] == [r.tokens for r in one]
+        assert [r.score for r in other] == pytest.approx([r.score for r in one], abs=1e-5)
+        for r, s in zip(one, other):
+            if r.attention is not None:
+                torch.testing.assert_close(s.attention, r.attention)
+    assert options.get("return_attention") is None or shared[0][0].attention is not None
 
 
 def test_hard_alignments_on_a_hand_made_matrix():

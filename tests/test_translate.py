@@ -110,3 +110,21 @@ def test_translate_in_bf16_scores_like_fp32(tiny_checkpoint: Path, tmp_path: Pat
         outputs[precision] = [float(line.split("\t")[0]) for line in result.stdout.splitlines()]
     assert len(outputs["bf16"]) == 3
     assert outputs["bf16"] == pytest.approx(outputs["fp32"], abs=0.5)
+
+
+def test_translate_with_two_workers_writes_what_one_process_writes(tiny_checkpoint: Path, tmp_path: Path):
+    source = tmp_path / "in.es"
+    source.write_text("Y dijo Dios.\nSea la luz.\n\nEn el principio.\nY fue la tarde.\n", encoding="utf-8")
+    outputs = {}
+    for workers in ("1", "2"):
+        target = tmp_path / f"out{workers}.en"
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", "translate", "-c", str(tiny_checkpoint), "--beam", "2",
+             "--batch-size", "2", "--max-len-a", "0", "--max-len-b", "4", "--scores", "--workers", workers,
+             "-i", str(source), "-o", str(target)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs[workers] = target.read_text(encoding="utf-8").splitlines()
+    assert len(outputs["2"]) == 5 and outputs["2"][2] == "0.0000\t"  # the empty line stays empty
+    assert outputs["2"] == outputs["1"]

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from seq2seq.config import DecodeConfig
 from seq2seq.data.special import EOS_ID, PAD_ID
 from seq2seq.decoding.search import Hypothesis, beam_search, gnmt_length_penalty, greedy_search, sample
+from seq2seq.decoding.workers import DecodeWorkers
 from seq2seq.errors import UserError
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.linear import packed_weights
@@ -47,6 +48,7 @@ class TranslateSettings:
     return_attention: bool = False
     max_source_len: int = 1024  # source pieces; longer lines are truncated with a warning
     precision: str = "fp32"  # or "bf16": decode with a bf16 copy of the model
+    workers: int = 1  # processes decoding batches side by side (CPU only; see decoding.workers)
 
     @classmethod
     def from_config(cls, decode: DecodeConfig, **options: object) -> TranslateSettings:
@@ -93,6 +95,10 @@ class Translator:
         self.model = with_precision(model, settings.precision)
         if _device_of(model).type == "cpu":
             keep_freed_memory()
+        elif settings.workers > 1:
+            raise UserError(f"--workers {settings.workers}: worker processes decode on the CPU only; "
+                            "drop --workers to decode on the GPU")
+        self.workers: DecodeWorkers | None = None  # started at the first call that has batches to share
         self.src_encode = src_encode
         self.tgt_decode = tgt_decode
         self.settings = settings
@@ -118,18 +124,38 @@ class Translator:
         # Longest first: similar lengths share a batch, and running out of memory shows early.
         to_decode.sort(key=lambda i: len(sources[i]), reverse=True)
 
+        per_batch = self.sentences_per_batch()
+        batches = [to_decode[start : start + per_batch] for start in range(0, len(to_decode), per_batch)]
+        decoded = self._decode([[sources[i] for i in batch] for batch in batches])
+        for batch, hypotheses_of_batch in zip(batches, decoded):
+            for i, hypotheses in zip(batch, hypotheses_of_batch):
+                results[i] = [self._result(h, sources[i]) for h in hypotheses]
+        return results
+
+    def close(self) -> None:
+        """Stop the worker processes, if any (they also stop when this process exits)."""
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None
+
+    def __enter__(self) -> Translator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _decode(self, batches: list[list[list[int]]]) -> list[list[list[Hypothesis]]]:
+        if self.settings.workers > 1 and len(batches) > 1 and self.workers is None:
+            self.workers = DecodeWorkers(decode_batch, self.model, self.settings, self.settings.workers)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode(), packed_weights(self.model, self.settings.batch_size):
-                per_batch = self.sentences_per_batch()
-                for start in range(0, len(to_decode), per_batch):
-                    batch = to_decode[start : start + per_batch]
-                    for i, hypotheses in zip(batch, self._decode([sources[i] for i in batch])):
-                        results[i] = [self._result(h, sources[i]) for h in hypotheses]
+                if self.workers is not None and len(batches) > 1:
+                    return self.workers.decode(batches)
+                return [decode_batch(self.model, self.settings, batch) for batch in batches]
         finally:
             self.model.train(was_training)
-        return results
 
     def sentences_per_batch(self) -> int:
         """``batch_size`` counts decoder rows; each sentence takes one per beam (or sample)."""
@@ -146,34 +172,6 @@ class Translator:
             pieces = pieces[: self.max_source_len]
         return [*pieces, EOS_ID]
 
-    def _decode(self, sources: list[list[int]]) -> list[list[Hypothesis]]:
-        s = self.settings
-        src = _pad(sources, device=_device_of(self.model))
-        if not s.sampling and s.beam_size == 1:
-            # Beam search with one beam is greedy search, which drops finished sentences and
-            # has no beam bookkeeping; its score is divided by the length penalty the same way.
-            hypotheses = greedy_search(
-                self.model, src, s.max_len_a, s.max_len_b, min_len=s.min_len, return_attention=s.return_attention,
-            )  # fmt: skip
-            for h in hypotheses:
-                h.score = float(h.score / gnmt_length_penalty(len(h.tokens) + 1, s.length_penalty))
-            return [[h] for h in hypotheses]
-        if not s.sampling:
-            return beam_search(
-                self.model, src, s.beam_size, s.length_penalty, s.max_len_a, s.max_len_b,
-                min_len=s.min_len, nbest=s.nbest, return_attention=s.return_attention,
-            )  # fmt: skip
-        generator = None
-        if s.seed is not None:
-            generator = torch.Generator(device=src.device).manual_seed(s.seed)
-        draws = sample(
-            self.model, src.repeat_interleave(s.nbest, dim=0), s.max_len_a, s.max_len_b,
-            temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator,
-            min_len=s.min_len, return_attention=s.return_attention,
-        )  # fmt: skip
-        per_sentence = [draws[i : i + s.nbest] for i in range(0, len(draws), s.nbest)]
-        return [sorted(group, key=lambda h: h.score, reverse=True) for group in per_sentence]
-
     def _result(self, hypothesis: Hypothesis, src_ids: list[int]) -> TranslationResult:
         return TranslationResult(
             text=self.tgt_decode(hypothesis.tokens),
@@ -182,6 +180,36 @@ class Translator:
             src_ids=src_ids,
             attention=hypothesis.attention,
         )
+
+
+def decode_batch(model: nn.Module, s: TranslateSettings, sources: list[list[int]]) -> list[list[Hypothesis]]:
+    """The hypotheses (best first) for each of ``sources`` (piece ids ending in EOS), decoded as
+    one batch by the search that ``s`` asks for."""
+    src = _pad(sources, device=_device_of(model))
+    if not s.sampling and s.beam_size == 1:
+        # Beam search with one beam is greedy search, which drops finished sentences and
+        # has no beam bookkeeping; its score is divided by the length penalty the same way.
+        hypotheses = greedy_search(
+            model, src, s.max_len_a, s.max_len_b, min_len=s.min_len, return_attention=s.return_attention,
+        )  # fmt: skip
+        for h in hypotheses:
+            h.score = float(h.score / gnmt_length_penalty(len(h.tokens) + 1, s.length_penalty))
+        return [[h] for h in hypotheses]
+    if not s.sampling:
+        return beam_search(
+            model, src, s.beam_size, s.length_penalty, s.max_len_a, s.max_len_b,
+            min_len=s.min_len, nbest=s.nbest, return_attention=s.return_attention,
+        )  # fmt: skip
+    generator = None
+    if s.seed is not None:
+        generator = torch.Generator(device=src.device).manual_seed(s.seed)
+    draws = sample(
+        model, src.repeat_interleave(s.nbest, dim=0), s.max_len_a, s.max_len_b,
+        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, generator=generator,
+        min_len=s.min_len, return_attention=s.return_attention,
+    )  # fmt: skip
+    per_sentence = [draws[i : i + s.nbest] for i in range(0, len(draws), s.nbest)]
+    return [sorted(group, key=lambda h: h.score, reverse=True) for group in per_sentence]
 
 
 def with_precision(model: nn.Module, precision: str) -> nn.Module:

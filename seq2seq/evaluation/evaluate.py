@@ -24,11 +24,13 @@ def read_text_file(path: Path, option: str) -> list[str]:
 
 def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int | None,
                         report_dir: Path | None, device: str = "cpu",
-                        warn=lambda message: None, precision: str | None = None) -> tuple[dict[str, Any], Path]:
+                        warn=lambda message: None, precision: str | None = None,
+                        workers: int = 1) -> tuple[dict[str, Any], Path]:
     """Translate ``src``, score against ``refs``, write the report; returns (report, report_dir).
-    ``beam`` and ``precision`` default to the checkpoint's decode settings."""
+    ``beam`` and ``precision`` default to the checkpoint's decode settings; ``workers``: decoding
+    processes (Translator)."""
     loaded = load_model(checkpoint, device)
-    settings = TranslateSettings.from_config(loaded.config.decode)
+    settings = TranslateSettings.from_config(loaded.config.decode, workers=workers)
     if beam is not None:
         settings.beam_size = beam
     if precision is not None:
@@ -42,9 +44,9 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
             raise UserError(f"--ref {path} has {len(lines)} lines but --src {src} has {len(sources)}; "
                             "they must be line-parallel (one reference per source line)")
     tok = loaded.tokenizer
-    translator = Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings, warn=warn)
-    start = time.perf_counter()
-    results = translator.translate(sources)
+    with Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings, warn=warn) as translator:
+        start = time.perf_counter()
+        results = translator.translate(sources)
     seconds = max(time.perf_counter() - start, 1e-9)
     hypotheses = [r[0].text for r in results]
     pieces = sum(len(r[0].tokens) for r in results)
@@ -65,7 +67,7 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
                    "output_dir": loaded.config.output_dir},
         "decode": {"beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
                    "max_len_a": settings.max_len_a, "max_len_b": settings.max_len_b,
-                   "precision": settings.precision},
+                   "precision": settings.precision, "workers": settings.workers},
         "sentences_per_s": round(len(sources) / seconds, 2),
         "tokens_per_s": round(pieces / seconds, 1),
         "seconds": round(seconds, 2),
