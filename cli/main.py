@@ -175,7 +175,8 @@ def open_model(checkpoints: list[Path], tokenizer: Path | None, device: str):
 
     loaded = [load_model(path, device) for path in checkpoints]
     for other in loaded[1:]:
-        check_same_vocabulary(loaded[0], other.tokenizer, str(other.path))
+        check_same_vocabulary(loaded[0], other.tokenizer, str(other.path),
+                              fix="an ensemble needs checkpoints trained with the same tokenizer")
     if tokenizer is not None:
         if not tokenizer.is_dir():
             raise UserError(f"--tokenizer {tokenizer}: folder not found; pass the prepared-data folder that "

@@ -364,6 +364,16 @@ def test_tokenizer_from_another_vocabulary(tmp_path: Path, ckpt: Path, other_tok
     assert result.stdout == ""
 
 
+def test_ensemble_of_checkpoints_with_other_tokenizers_says_so(ckpt: Path, other_tokenizer: Path) -> None:
+    from seq2seq.data.tokenizer import Tokenizer
+    from seq2seq.decoding.loading import check_same_vocabulary, load_model
+    from seq2seq.errors import UserError
+
+    fix = "an ensemble needs checkpoints trained with the same tokenizer"
+    with pytest.raises(UserError, match=f"other.pt: this tokenizer is not the one .*; {fix}$"):
+        check_same_vocabulary(load_model(ckpt), Tokenizer.load(other_tokenizer), "other.pt", fix=fix)
+
+
 def test_tokenizer_of_the_checkpoint_is_accepted(tmp_path: Path, ckpt: Path, run_dir: Path) -> None:
     result = translate(ckpt, "--tokenizer", run_dir / "data", cwd=tmp_path, input="hola\n")
     assert result.returncode == 0, result.stderr

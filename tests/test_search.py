@@ -382,6 +382,11 @@ def test_decode_workers_share_the_batches_and_keep_their_order():
     assert float(os.getpid()) in {hyps[0].score for decoded in results for hyps in decoded}
 
 
+def test_worker_processes_are_refused_off_the_cpu():
+    with pytest.raises(UserError, match="--workers 2: worker processes decode on the CPU only"):
+        make_translator(torch.nn.Linear(2, 2, device="meta"), workers=2)
+
+
 @pytest.mark.parametrize("options", [
     dict(beam_size=1, return_attention=True), dict(beam_size=3, nbest=2), dict(sampling=True, nbest=2, seed=5),
 ], ids=["greedy-with-attention", "beam-nbest", "sampling"])

@@ -46,12 +46,13 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     return LoadedModel(model, tokenizer, cfg, path, payload.get("run_state", {}).get("step", 0))
 
 
-def check_same_vocabulary(loaded: LoadedModel, tokenizer: Tokenizer, tokenizer_origin: str) -> None:
-    """Refuse a tokenizer other than the one the checkpoint was trained with."""
+def check_same_vocabulary(loaded: LoadedModel, tokenizer: Tokenizer, tokenizer_origin: str,
+                          fix: str = "drop --tokenizer to use the checkpoint's own") -> None:
+    """Refuse a tokenizer other than the one the checkpoint was trained with; ``fix`` says what
+    to do instead."""
     if tokenizer.fingerprint() != loaded.tokenizer.fingerprint():
         raise UserError(
             f"{tokenizer_origin}: this tokenizer is not the one {loaded.path} was trained with "
             f"(vocabulary {tokenizer.src_vocab_size}/{tokenizer.tgt_vocab_size} vs "
-            f"{loaded.tokenizer.src_vocab_size}/{loaded.tokenizer.tgt_vocab_size}); drop --tokenizer "
-            "to use the checkpoint's own"
+            f"{loaded.tokenizer.src_vocab_size}/{loaded.tokenizer.tgt_vocab_size}); {fix}"
         )
