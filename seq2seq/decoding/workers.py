@@ -9,8 +9,9 @@ part holds the GIL (measured 1.1x). Greedy search at 320 rows already keeps both
 gains nothing.
 
 This process is one of the N: it decodes batches from the end of the list while the N - 1
-spawned ones take them from the front, so nobody waits for a child to start (importing torch
-takes it ~1.5 s) and all finish together. Batches are decoded exactly as one process would
+spawned ones take them from the front, each taking its next batch only when it is ready for it.
+So nobody waits for a child to start (importing torch takes it ~1.2 s), and at the end nobody
+waits longer than another's last batch. Batches are decoded exactly as one process would
 decode them, so the translations are the same.
 
 Children are spawned, not forked: a forked child of a process whose OpenMP threads have run
@@ -22,9 +23,9 @@ top-level code under ``if __name__ == "__main__":`` (the ``attn`` command does).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import signal
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +44,6 @@ Batch = list[list[int]]  # source piece ids of each sentence, EOS included
 Decoded = list[list[Hypothesis]]  # each sentence's hypotheses, best first
 DecodeBatch = Callable[[nn.Module, "TranslateSettings", Batch], Decoded]  # translator.decode_batch
 
-# Batches handed to each child ahead of time, so that it never waits for this process to
-# finish a batch of its own before it gets the next.
-_QUEUED_PER_CHILD = 2
-
-
 class DecodeWorkers:
     """``workers - 1`` child processes that run ``decode_batch(model, settings, batch)`` with a
     copy-free share of ``model``; ``decode(batches)`` splits batches between them and this
@@ -63,11 +59,16 @@ class DecodeWorkers:
         self.decode_here = lambda batch: decode_batch(model, settings, batch)
         self.threads_each = max(1, threads // workers)
         self.children = workers - 1
+        context = torch.multiprocessing.get_context("spawn")
+        # The batches nobody has taken yet are unclaimed[0] <= i < unclaimed[1], in shared memory
+        # with a lock: each process takes its next batch only when it is ready for it, so none
+        # is left holding batches that another could have done.
+        self.unclaimed = context.Array("q", 2)
         self.pool = ProcessPoolExecutor(
             self.children,
-            mp_context=torch.multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_start_child,
-            initargs=(decode_batch, model, settings, self.threads_each),
+            initargs=(decode_batch, model, settings, self.threads_each, self.unclaimed),
         )
         # Start the children now: they receive the model as it is at this point, before the
         # caller packs its weights (packed copies are oneDNN tensors that cannot be shared).
@@ -76,31 +77,45 @@ class DecodeWorkers:
     def decode(self, batches: list[Batch]) -> list[Decoded]:
         """What ``[decode_batch(model, settings, b) for b in batches]`` returns."""
         results: list[Decoded | None] = [None] * len(batches)
-        front, back = 0, len(batches)  # the children take from the front, this process from the back
-        running: dict[Future, int] = {}
+        with self.unclaimed.get_lock():
+            self.unclaimed[0], self.unclaimed[1] = 0, len(batches)
+        children = [self.pool.submit(_decode_from_front, batches) for _ in range(self.children)]
         threads = torch.get_num_threads()
         torch.set_num_threads(self.threads_each)
         try:
-            while front < back or running:
-                while front < back and len(running) < _QUEUED_PER_CHILD * self.children:
-                    running[self.pool.submit(_decode_in_child, batches[front])] = front
-                    front += 1
-                if front < back:
-                    back -= 1
-                    results[back] = self.decode_here(batches[back])
-                else:
-                    wait(running, return_when=FIRST_COMPLETED)
-                for future in [f for f in running if f.done()]:
-                    results[running.pop(future)] = [[_from_child(h) for h in hyps] for hyps in future.result()]
+            while (i := _claim(self.unclaimed, from_front=False)) is not None:
+                results[i] = self.decode_here(batches[i])
+            for child in children:
+                for i, decoded in child.result().items():
+                    results[i] = [[_from_child(h) for h in hyps] for hyps in decoded]
         except BrokenProcessPool:
             raise UserError("a decoding worker process died (killed for lack of memory?); "
                             "try fewer --workers or a smaller --batch-size") from None
         finally:
             torch.set_num_threads(threads)
+            _claim_all(self.unclaimed)  # after an error (Ctrl-C) the children stop at once
         return results
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
+
+
+def _claim(unclaimed, from_front: bool) -> int | None:
+    """Take the first (children: the longest sources) or the last unclaimed batch; None if none is left."""
+    with unclaimed.get_lock():
+        front, back = unclaimed[0], unclaimed[1]
+        if front >= back:
+            return None
+        if from_front:
+            unclaimed[0] = front + 1
+            return front
+        unclaimed[1] = back - 1
+        return back - 1
+
+
+def _claim_all(unclaimed) -> None:
+    with unclaimed.get_lock():
+        unclaimed[0] = unclaimed[1]
 
 
 # ---------------------------------------------------------------- inside a child process
@@ -108,7 +123,8 @@ class DecodeWorkers:
 _child: dict[str, Any] = {}
 
 
-def _start_child(decode_batch: DecodeBatch, model: nn.Module, settings: TranslateSettings, threads: int) -> None:
+def _start_child(decode_batch: DecodeBatch, model: nn.Module, settings: TranslateSettings, threads: int,
+                 unclaimed) -> None:
     # Ctrl-C reaches the whole process group; the parent alone handles it, and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
@@ -118,13 +134,17 @@ def _start_child(decode_batch: DecodeBatch, model: nn.Module, settings: Translat
     # kept referenced, as a collected one would unpack the weights.
     packed = packed_weights(model, settings.batch_size)
     packed.__enter__()
-    _child.update(decode_batch=decode_batch, model=model, settings=settings, packed=packed)
+    _child.update(decode_batch=decode_batch, model=model, settings=settings, packed=packed, unclaimed=unclaimed)
 
 
-def _decode_in_child(batch: Batch) -> Decoded:
+def _decode_from_front(batches: list[Batch]) -> dict[int, Decoded]:
+    """Decode unclaimed batches from the front until none is left: {batch index: hypotheses}."""
+    done = {}
     with torch.inference_mode():
-        decoded = _child["decode_batch"](_child["model"], _child["settings"], batch)
-    return [[_to_parent(h) for h in hyps] for hyps in decoded]
+        while (i := _claim(_child["unclaimed"], from_front=True)) is not None:
+            decoded = _child["decode_batch"](_child["model"], _child["settings"], batches[i])
+            done[i] = [[_to_parent(h) for h in hyps] for hyps in decoded]
+    return done
 
 
 # Attention matrices travel as numpy arrays: a tensor would travel as a shared-memory file
