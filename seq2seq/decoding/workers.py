@@ -44,6 +44,7 @@ Batch = list[list[int]]  # source piece ids of each sentence, EOS included
 Decoded = list[list[Hypothesis]]  # each sentence's hypotheses, best first
 DecodeBatch = Callable[[nn.Module, "TranslateSettings", Batch], Decoded]  # translator.decode_batch
 
+
 class DecodeWorkers:
     """``workers - 1`` child processes that run ``decode_batch(model, settings, batch)`` with a
     copy-free share of ``model``; ``decode(batches)`` splits batches between them and this
