@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import time
 
@@ -400,6 +401,30 @@ def test_decode_workers_share_the_batches_and_keep_their_order():
 def test_worker_processes_are_refused_off_the_cpu():
     with pytest.raises(UserError, match="--workers 2: worker processes decode on the CPU only"):
         make_translator(torch.nn.Linear(2, 2, device="meta"), workers=2)
+
+
+def _slow_in_child_failing_here(model, settings, batch):
+    """A stand-in for decode_batch: slow in a child, an error in this process for negative ids."""
+    if multiprocessing.parent_process() is not None:
+        time.sleep(0.3)
+    elif batch[0][0] < 0:
+        raise RuntimeError("this process failed")
+    return [[Hypothesis(ids, 0.0)] for ids in batch]
+
+
+def test_decode_workers_after_an_error_decode_the_next_call_whole():
+    # The first call fails here while the child is in the middle of a batch; the child's task
+    # must be over before the next call, or it would claim that call's batches for the old list.
+    workers = wait_for_a_child(DecodeWorkers(_slow_in_child_failing_here, torch.nn.Linear(2, 2),
+                                             TranslateSettings(), workers=2))
+    try:
+        with pytest.raises(RuntimeError, match="this process failed"):
+            workers.decode([[[-i, j] for j in range(3)] for i in range(1, 7)])
+        batches = [[[i, j] for j in range(3)] for i in range(6)]
+        results = workers.decode(batches)
+    finally:
+        workers.close()
+    assert [[hyps[0].tokens for hyps in decoded] for decoded in results] == batches
 
 
 @pytest.mark.parametrize("options", [

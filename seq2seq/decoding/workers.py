@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +94,10 @@ class DecodeWorkers:
                             "try fewer --workers or a smaller --batch-size") from None
         finally:
             torch.set_num_threads(threads)
-            _claim_all(self.unclaimed)  # after an error (Ctrl-C) the children stop at once
+            # After an error (Ctrl-C) the children stop at their current batch, and we return
+            # only once they have: a task still running would claim the next call's batches.
+            _claim_all(self.unclaimed)
+            wait(children)
         return results
 
     def close(self) -> None:
