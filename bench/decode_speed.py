@@ -35,23 +35,22 @@ def main() -> None:
     parser.add_argument("--src", type=Path, default=CORPUS / "test.es")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    translator = benchmark_translator(args.checkpoint, args.beam, precision=args.precision, workers=args.workers)
     lines = args.src.read_text(encoding="utf-8").splitlines()[: args.limit]
-    if args.profile:
-        from torch.profiler import profile
+    with benchmark_translator(args.checkpoint, args.beam, precision=args.precision, workers=args.workers) as translator:
+        if args.profile:
+            from torch.profiler import profile
 
-        with profile(record_shapes=True) as prof:
-            translator.translate(lines)
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=35))
-        return
-    best = None
-    for _ in range(args.repeat):
-        start = time.perf_counter()
-        results = translator.translate(lines)
-        seconds = time.perf_counter() - start
-        best = seconds if best is None else min(best, seconds)
+            with profile(record_shapes=True) as prof:
+                translator.translate(lines)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=35))
+            return
+        best = None
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            results = translator.translate(lines)
+            seconds = time.perf_counter() - start
+            best = seconds if best is None else min(best, seconds)
     pieces = sum(len(r[0].tokens) for r in results)
-    translator.close()
     if args.out:
         args.out.write_text("".join(" ".join(map(str, r[0].tokens)) + f"\t{r[0].score:.4f}\n" for r in results))
     print(json.dumps({"beam": args.beam, "sentences": len(lines), "seconds": round(best, 3),

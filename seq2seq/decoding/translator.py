@@ -145,13 +145,14 @@ class Translator:
         self.close()
 
     def _decode(self, batches: list[list[list[int]]]) -> list[list[list[Hypothesis]]]:
-        if self.settings.workers > 1 and len(batches) > 1 and self.workers is None:
+        shared = self.settings.workers > 1 and len(batches) > 1
+        if shared and self.workers is None:
             self.workers = DecodeWorkers(decode_batch, self.model, self.settings, self.settings.workers)
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode(), packed_weights(self.model, self.settings.batch_size):
-                if self.workers is not None and len(batches) > 1:
+                if shared:
                     return self.workers.decode(batches)
                 return [decode_batch(self.model, self.settings, batch) for batch in batches]
         finally:

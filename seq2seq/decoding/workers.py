@@ -54,11 +54,9 @@ class DecodeWorkers:
     ``threads // workers`` intra-op threads, at least one.
     """
 
-    def __init__(self, decode_batch: DecodeBatch, model: nn.Module, settings: TranslateSettings, workers: int,
-                 threads: int | None = None):
-        threads = threads or torch.get_num_threads()
+    def __init__(self, decode_batch: DecodeBatch, model: nn.Module, settings: TranslateSettings, workers: int):
         self.decode_here = lambda batch: decode_batch(model, settings, batch)
-        self.threads_each = max(1, threads // workers)
+        self.threads_each = max(1, torch.get_num_threads() // workers)
         self.children = workers - 1
         context = torch.multiprocessing.get_context("spawn")
         # The batches nobody has taken yet are unclaimed[0] <= i < unclaimed[1], in shared memory
