@@ -6,9 +6,14 @@ anything else is a bug and exits 1.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import signal
 import sys
+import threading
 import warnings
+import zipfile
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -86,7 +91,7 @@ def friendly_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), sigterm_as_interrupt():
                 # torch's note on the pickle protocol of a file attn did not write; load_checkpoint
                 # refuses such a file with its own one-line error.
                 warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -106,6 +111,25 @@ def friendly_errors(command):
             raise typer.Exit(0) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`timeout`, a CI job cancelled) takes Ctrl-C's way out, so a command that is
+    stopped cleans up the same: no half-written output, worker processes stopped. (Training
+    sets its own handler, which saves a checkpoint first.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def load(config: Path, overrides: list[str] | None):
@@ -162,6 +186,8 @@ def train(
     best = (f"best valid {summary.metric} {summary.best_score:.2f} at step {summary.best_step}"
             if summary.best_score is not None else "no validation ran")
     eprint(f"done: {summary.steps} steps ({summary.stopped_because}); {best}; outputs in {summary.output_dir}")
+    if summary.interrupted:  # so that `attn train ... && attn evaluate ...` stops here
+        raise typer.Exit(130)
 
 
 # ----------------------------------------------------------------------------- translate
@@ -232,7 +258,19 @@ def translate(
     from seq2seq.decoding.streaming import line_batches
     from seq2seq.decoding.translator import TranslateSettings, TranslationResult, Translator
 
+    if sample and temperature <= 0:
+        raise UserError(f"--temperature {temperature}: must be above 0 (lower means closer to greedy)")
+    if sample and top_p <= 0:
+        raise UserError(f"--top-p {top_p}: must be above 0 (1 keeps every piece)")
     model, loaded = open_model(checkpoint, tokenizer, device)
+    if output is not None and output.is_file():  # translations must not replace what is being read
+        from seq2seq.training.checkpoint import resolve_checkpoint
+
+        for path in [*([input] if input else []), *map(resolve_checkpoint, checkpoint)]:
+            if path.exists() and output.samefile(path):
+                raise UserError(f"--output {output}: is an input of this command ({path}); choose another file")
+        if zipfile.is_zipfile(output):  # how torch saves a checkpoint
+            raise UserError(f"--output {output}: is a checkpoint (or another zip archive); choose another file")
     for m in getattr(model, "members", [model]):
         m.attention_layer, m.attention_head = attention_layer, attention_head
     decode = loaded.config.decode
@@ -246,7 +284,7 @@ def translate(
     translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda m: eprint(f"warning: {m}"))
 
     if input is not None and not input.is_file():
-        raise UserError(f"--input {input}: file not found")
+        raise UserError(f"--input {input}: {'is a folder; give a file' if input.is_dir() else 'file not found'}")
     if attention_plots is not None:
         make_output_dir(attention_plots, "--attention-plots")
     source_fd = os.open(input, os.O_RDONLY) if input else sys.stdin.fileno()
@@ -369,7 +407,8 @@ def evaluate(
         if compare is not None:
             other = read_text_file(compare, "--compare")
             meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": str(hyp),
-                                        **paired_bootstrap(other, hypotheses, references)}
+                                        **paired_bootstrap(other, hypotheses, references, names=(str(compare), str(hyp)),
+                                                           refs_files=[str(p) for p in ref])}
         report_dir = report_dir or hyp.parent / "eval"
         make_output_dir(report_dir, "--report-dir")
         write_report(report_dir, metrics, meta)
@@ -401,6 +440,10 @@ def average(
 
     if output.is_dir():
         raise UserError(f"--output {output}: is a directory; give a file path for the averaged checkpoint")
+    folder = ckpt.checkpoint_dir(run_dir)
+    if folder.is_dir() and output.parent.exists() and output.parent.samefile(folder):
+        raise UserError(f"--output {output}: is in the run's checkpoint folder, where it would replace or pass "
+                        f"for a training checkpoint; write it elsewhere, e.g. {run_dir / 'averaged.pt'}")
     paths = ckpt.step_checkpoints(run_dir)[-last:]
     if not paths:
         raise UserError(f"{run_dir}: no step checkpoints to average; train first")

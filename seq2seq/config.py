@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -112,7 +113,7 @@ class TrainConfig:
     max_minutes: float | None = field(default=None, metadata=_range(0.0, lo_open=True))
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = field(default=5e-4, metadata=_range(0.0, lo_open=True))
-    betas: tuple[float, float] = (0.9, 0.98)
+    betas: tuple[float, float] = field(default=(0.9, 0.98), metadata=_range(0.0, 1.0))  # each below 1, too
     weight_decay: float = field(default=0.0, metadata=_range(0.0))
     schedule: Literal["inverse_sqrt", "noam", "constant", "cosine", "plateau"] = "inverse_sqrt"
     warmup_steps: int = field(default=1000, metadata=_range(0))
@@ -206,7 +207,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Safe-load a YAML mapping; syntax errors name the line and column."""
     if not path.is_file():
-        raise UserError(f"{path}: config file not found; check the path")
+        problem = "is a folder, not a config file" if path.is_dir() else "config file not found"
+        raise UserError(f"{path}: {problem}; check the path")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -300,7 +302,7 @@ def _coerce(tp: Any, value: Any, key: str, metadata: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise UserError(f"{key}: expected a list of {len(args)} numbers, got {_describe(value)}")
-        return tuple(_coerce(a, v, f"{key}[{i}]", {}) for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(_coerce(a, v, f"{key}[{i}]", metadata) for i, (a, v) in enumerate(zip(args, value)))
     if origin is list:
         if not isinstance(value, list):
             raise UserError(f"{key}: expected a list, got {_describe(value)}")
@@ -317,6 +319,8 @@ def _coerce(tp: Any, value: Any, key: str, metadata: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}: expected a number, got {_describe(value)}")
+        if not math.isfinite(value):  # YAML reads .nan and .inf as floats
+            raise UserError(f"{key}: expected a finite number, got {value}")
         _check_range(key, float(value), metadata)
         return float(value)
     if tp is str:
@@ -360,6 +364,8 @@ def _suggest(word: str, choices: Any) -> str:
 def _check_combinations(cfg: Config) -> None:
     """Cross-field rules, and the notes that let one config switch architecture freely."""
     m = cfg.model
+    if max(cfg.train.betas) >= 1.0:
+        raise UserError(f"train.betas: {list(cfg.train.betas)}; Adam's betas must be below 1, e.g. [0.9, 0.98]")
     if m.arch == "transformer":
         if m.attention == "none":
             raise UserError(

@@ -12,8 +12,9 @@ A sweep file::
     points:                           # ... and/or an explicit list of override sets
       - {model.arch: transformer, model.attention: scaled_dot}
 
-Each point runs tokenize -> train -> evaluate on the test set. A point whose report exists is
-skipped, and a point with checkpoints but no report resumes, so a CI job can simply be re-run.
+Each point runs tokenize -> train -> evaluate on the test set. A point whose report exists and
+whose config has not changed since is skipped; any other point with checkpoints resumes, so a CI
+job can simply be re-run.
 The results land in ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.png``.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from seq2seq.config import Config, load_config, read_yaml
+from seq2seq.config import Config, dump_config, load_config, read_yaml
 from seq2seq.errors import UserError
 
 SWEEP_KEYS = ("base", "output_dir", "set", "grid", "points")
@@ -52,7 +53,13 @@ class Point:
 
     @property
     def finished(self) -> bool:
-        return (self.output_dir / REPORT).is_file()
+        """Evaluated, and trained with the config it has now: a point whose overrides or base
+        config changed since runs again (resuming where its checkpoints allow)."""
+        from seq2seq.training.trainer import CONFIG_FILE
+
+        saved = self.output_dir / CONFIG_FILE
+        return ((self.output_dir / REPORT).is_file() and saved.is_file()
+                and saved.read_text(encoding="utf-8") == dump_config(self.config))
 
 
 @dataclass
@@ -130,6 +137,9 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
     from seq2seq.training import checkpoint as ckpt
     from seq2seq.training.trainer import train
 
+    for point in sweep.points:  # before any training, not after the first point's
+        if point.config.data.test is None:
+            raise UserError(f"{sweep.path}: point {point.name} has no data.test to evaluate on")
     for number, point in enumerate(sweep.points, start=1):
         header = f"[{number}/{len(sweep.points)}] {point.name}"
         if point.finished:
@@ -138,10 +148,10 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
         resume = bool(ckpt.step_checkpoints(point.output_dir))
         log(f"{header}: {'resuming' if resume else 'training'} -> {point.output_dir}")
         start = time.perf_counter()
-        train(point.config, resume=resume, overwrite=not resume, log=log, quiet=True)
+        summary = train(point.config, resume=resume, overwrite=not resume, log=log, quiet=True)
+        if summary.interrupted:  # saved; a re-run resumes it instead of scoring a half-trained model
+            raise KeyboardInterrupt
         train_seconds = time.perf_counter() - start
-        if point.config.data.test is None:
-            raise UserError(f"{sweep.path}: point {point.name} has no data.test to evaluate on")
         src, ref = (Path(f"{point.config.data.test}.{lang}")
                     for lang in (point.config.data.src_lang, point.config.data.tgt_lang))
         report, _ = translate_and_score(point.output_dir, src, [ref], None, None)

@@ -106,6 +106,10 @@ CONFIG_CASES = {
     "beam-size-0-set": ("", ["decode.beam_size=0"], ["decode.beam_size", "at least 1"]),
     "window-0": ("", ["model.window=0"], ["model.window", "at least 1"]),
     "lr-0": ("", ["train.lr=0"], ["train.lr", "greater than 0"]),
+    "lr-nan": ("", ["train.lr=.nan"], ["train.lr", "finite number"]),
+    "length-penalty-inf": ("decode:\n  length_penalty: .inf\n", [], ["decode.length_penalty", "finite number"]),
+    "beta-of-1": ("", ["train.betas=[0.9, 1.0]"], ["train.betas", "below 1"]),
+    "beta-above-1": ("", ["train.betas=[0.9, 1.5]"], ["train.betas[1]", "between 0.0 and 1.0"]),
     "transformer-without-attention": (
         "model:\n  arch: transformer\n  attention: none\n", [], ["model.attention", "'none'", "transformer"],
     ),
@@ -217,6 +221,12 @@ def test_binary_file_as_corpus(config: Path, corpus: Path) -> None:
     assert_user_error(tokenize(config), str(corpus / "valid.en"), "line 1", "binary")
 
 
+def test_a_vocabulary_too_small_names_the_config_keys(config: Path) -> None:
+    result = tokenize(config, "data.tokenizer.vocab_size=16")
+    line = assert_user_error(result, "data.tokenizer", "data.tokenizer.character_coverage", progress=("tokenize:",))
+    assert "--character_coverage" not in line  # SentencePiece's own flag, which attn does not have
+
+
 def test_prepared_dir_is_a_file(tmp_path: Path, config: Path) -> None:
     (tmp_path / "prepared").write_text("keep me\n")
     assert_user_error(tokenize(config, f"data.prepared_dir={tmp_path / 'prepared'}"),
@@ -268,6 +278,50 @@ def test_failed_train_does_not_block_the_next_one(tmp_path: Path, config: Path, 
     (corpus / "valid.es.bak").rename(corpus / "valid.es")
     result = run_attn("train", config, "--set", "train.max_steps=1", "--quiet", cwd=tmp_path)
     assert "already holds a run" not in result.stderr
+
+
+def test_overwrite_with_bad_input_keeps_the_earlier_run(tmp_path: Path, run_dir: Path, config: Path,
+                                                         corpus: Path) -> None:
+    copy_run(run_dir, tmp_path / "run")
+    with open(corpus / "train.en", "a", encoding="utf-8") as f:
+        f.write("one line too many\n")
+    result = attn("train", config, "--overwrite", cwd=tmp_path)  # attn() checks nothing changed
+    assert_user_error(result, "train.es", "train.en", "lines")
+
+
+def own_run(run_dir: Path, dest: Path) -> tuple[Path, list[str]]:
+    """A full copy of the tiny run (prepared data too), and the --set that points its own
+    config at the copy."""
+    shutil.copytree(run_dir, dest)
+    return dest / "config.yaml", ["--set", f"output_dir={dest}"]
+
+
+def test_refused_resume_changes_nothing(tmp_path: Path, run_dir: Path) -> None:
+    config, here = own_run(run_dir, tmp_path / "run")
+    result = attn("train", config, "--resume", *here, "--set", "model.hidden_dim=48", cwd=tmp_path)
+    assert_user_error(result, "step_", "does not match this config", progress=("tokenize:",))
+
+
+def test_resume_with_another_tokenizer_does_not_rebuild_the_data(tmp_path: Path, run_dir: Path) -> None:
+    config, here = own_run(run_dir, tmp_path / "run")
+    result = attn("train", config, "--resume", *here, "--set", "data.tokenizer.vocab_size=200", cwd=tmp_path)
+    assert_user_error(result, str(tmp_path / "run" / "data"), "data section of the config changed", "--overwrite")
+
+
+def test_resume_skips_a_checkpoint_without_optimizer_state(tmp_path: Path, run_dir: Path) -> None:
+    import torch
+
+    from seq2seq.training import checkpoint as ckpt
+
+    config, here = own_run(run_dir, tmp_path / "run")
+    newest = ckpt.step_checkpoints(tmp_path / "run")[-1]
+    averaged = ckpt.load_checkpoint(newest)
+    averaged.pop("optimizer")
+    torch.save(averaged, ckpt.step_checkpoint_path(tmp_path / "run", 9999))
+    result = run_attn("train", config, "--resume", *here, "--set", "train.max_steps=3", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "skipping" in result.stderr and "no optimizer state" in result.stderr
+    assert f"resumed from {newest}" in result.stderr
 
 
 # ============================================================================ translate
@@ -325,6 +379,34 @@ def test_failed_translate_keeps_the_previous_output(tmp_path: Path, ckpt: Path) 
     before = snapshot(tmp_path)
     assert_user_error(translate(ckpt, "-i", "in.es", "-o", "out.en", cwd=tmp_path), "in.es line 2")
     assert_unchanged(before, snapshot(tmp_path))  # the old output, and no temp file left
+
+
+def test_output_that_is_an_input_is_refused(tmp_path: Path, ckpt: Path) -> None:
+    mine = tmp_path / "model.pt"
+    shutil.copy(ckpt, mine)
+    shutil.copy(ckpt, tmp_path / "other.pt")
+    (tmp_path / "in.es").write_text("Hola.\n")
+    assert_user_error(translate(mine, "-i", "in.es", "-o", "in.es", cwd=tmp_path), "--output in.es", "an input")
+    assert_user_error(translate(mine, "-i", "in.es", "-o", "model.pt", cwd=tmp_path), "--output model.pt", "an input")
+    assert_user_error(translate(mine, "-i", "in.es", "-o", "other.pt", cwd=tmp_path), "other.pt", "is a checkpoint")
+
+
+@pytest.mark.parametrize("option", [["--temperature", "0"], ["--top-p", "0"]])
+def test_sampling_settings_that_cannot_sample(tmp_path: Path, ckpt: Path, option: list[str]) -> None:
+    result = translate(ckpt, "--sample", *option, cwd=tmp_path, input="Hola.\n")
+    assert_user_error(result, f"{option[0]} 0", "must be above 0")
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+def test_a_device_this_machine_lacks(tmp_path: Path, ckpt: Path, command: str) -> None:
+    import torch
+
+    (tmp_path / "in.es").write_text("Hola.\n")
+    args = (["translate", "-c", ckpt, "-i", "in.es"] if command == "translate"
+            else ["evaluate", "-c", ckpt, "--src", "in.es", "--ref", "in.es"])
+    assert_user_error(attn(*args, "--device", "tpu", cwd=tmp_path), "--device tpu", "use cpu or cuda")
+    if not torch.cuda.is_available():
+        assert_user_error(attn(*args, "--device", "cuda", cwd=tmp_path), "--device cuda", "no GPU")
 
 
 def test_attention_plots_is_a_file(tmp_path: Path, ckpt: Path) -> None:
@@ -401,6 +483,12 @@ def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
         import torch
 
         torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "damaged-tokenizer":
+        import torch
+
+        payload = torch.load(good, map_location="cpu", weights_only=True)
+        payload["tokenizer"]["src"] = payload["tokenizer"]["src"][:100]  # SentencePiece bytes cut short
+        torch.save(payload, path)
     return path
 
 
@@ -413,6 +501,7 @@ BAD_CHECKPOINTS = {
     "empty": ("not a readable attn checkpoint",),
     "format-999": ("checkpoint format 999", "not supported"),
     "plain-dict": ("not an attn checkpoint",),
+    "damaged-tokenizer": ("tokenizer stored in this checkpoint is damaged", "another checkpoint"),
 }
 
 
@@ -464,6 +553,22 @@ def texts(tmp_path: Path) -> Path:
 
 def test_evaluate_needs_hyp_or_checkpoint(texts: Path) -> None:
     assert_user_error(attn("evaluate", "-r", "ref.en", cwd=texts), "--hyp", "--checkpoint")
+
+
+def test_evaluate_compare_of_the_wrong_length_names_the_file(texts: Path) -> None:
+    (texts / "other.en").write_text("in the beginning\n")
+    result = attn("evaluate", "-r", "ref.en", "--hyp", "hyp.en", "--compare", "other.en", cwd=texts)
+    assert_user_error(result, "ref.en has 3 lines", "other.en has 1")
+
+
+def test_a_folder_where_a_file_belongs(tmp_path: Path, ckpt: Path, config: Path, texts: Path) -> None:
+    (tmp_path / "folder.es").mkdir()
+    (tmp_path / "folder.en").mkdir()
+    assert_user_error(attn("train", "folder.es", cwd=tmp_path), "folder.es", "is a folder")
+    assert_user_error(translate(ckpt, "-i", "folder.es", cwd=tmp_path), "--input folder.es", "is a folder")
+    assert_user_error(attn("evaluate", "-r", "ref.en", "--hyp", "folder.en", cwd=tmp_path), "--hyp folder.en", "is a folder")
+    result = attn("train", config, "--set", f"data.train={tmp_path / 'folder'}", cwd=tmp_path)
+    assert_user_error(result, "folder.es", "is a folder", "data.train")
 
 
 def test_evaluate_reference_of_the_wrong_length(texts: Path) -> None:
@@ -532,6 +637,13 @@ def test_average_output_is_a_directory(tmp_path: Path, run_dir: Path) -> None:
     assert_user_error(result, "avg")
     assert_unchanged(before, snapshot(tmp_path))
     assert out.is_dir()
+
+
+def test_average_into_the_checkpoint_folder_is_refused(tmp_path: Path, run_dir: Path) -> None:
+    copy_run(run_dir, tmp_path / "run")
+    for name in ("best.pt", "step_00099999.pt"):
+        result = attn("average", "run", "-o", f"run/checkpoints/{name}", cwd=tmp_path)
+        assert_user_error(result, name, "checkpoint folder", "averaged.pt")
 
 
 # ============================================================================ experiment

@@ -130,3 +130,6 @@ grid:
 
     again = attn("experiment", str(sweep), cwd=ROOT)
     assert again.stderr.count("finished earlier, skipped") == 2
+    # a changed sweep makes its points unfinished again
+    sweep.write_text(sweep.read_text().replace("train.max_steps: 8", "train.max_steps: 9"), encoding="utf-8")
+    assert attn("experiment", str(sweep), "--dry-run", cwd=ROOT).stdout.count("to run") == 2

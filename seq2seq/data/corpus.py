@@ -37,7 +37,8 @@ def count_text_lines(path: Path) -> int:
     """Count the lines of a UTF-8 text file, refusing binary or wrongly encoded files."""
     if not path.is_file():
         raise UserError(
-            f"{path}: corpus file not found; check data.train/valid/test (file prefixes) "
+            f"{path}: {'is a folder, not a corpus file' if path.is_dir() else 'corpus file not found'}; "
+            "check data.train/valid/test (file prefixes) "
             "and data.src_lang/tgt_lang (file suffixes) in the config"
         )
     count = 0

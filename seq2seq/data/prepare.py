@@ -68,8 +68,12 @@ def load_prepared(directory: str | Path) -> PreparedData:
     return PreparedData(directory, Tokenizer.load(directory), json.loads(report_path.read_text()))
 
 
-def prepare_data(cfg: Config, log: Callable[[str], None] = print, force: bool = False) -> PreparedData:
-    """Validate the corpus, train the tokenizer and binarise every split (unless up to date)."""
+def prepare_data(cfg: Config, log: Callable[[str], None] = print, force: bool = False,
+                 keep_built: str | None = None) -> PreparedData:
+    """Validate the corpus, train the tokenizer and binarise every split (unless up to date).
+
+    ``keep_built``: prepared data that exists but is stale is an error with this advice, not a
+    rebuild (a resumed run must go on with the tokenizer and data it was trained on)."""
     data = cfg.data
     corpora = {"train": data.train, "valid": data.valid}
     if data.test is not None:
@@ -83,6 +87,8 @@ def prepare_data(cfg: Config, log: Callable[[str], None] = print, force: bool = 
     if previous == stamp and not force:
         log(f"tokenize: {out_dir} is up to date")
         return load_prepared(out_dir)
+    if keep_built is not None and previous is not None:
+        raise UserError(f"{out_dir}: {why_stale(previous, stamp)} since it was built; {keep_built}")
     check_replaceable(out_dir)
     with staging_dir(out_dir) as staging:
         # Logged once the folder is known to be writable, so a bad prepared_dir is one error line.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
@@ -159,6 +160,7 @@ def train_model(sentences: Iterator[str], settings: TokenizerConfig) -> bytes:
     except RuntimeError as exc:
         # SentencePiece prefixes its reason with a source location: "INTERNAL: file(line) [check] reason".
         reason = str(exc).split("] ", 1)[-1].strip() or str(exc)
+        reason = re.sub(r"(?:with )?--(\w+) option", r"with data.tokenizer.\1", reason)
         raise UserError(f"data.tokenizer: SentencePiece could not train a model: {reason}") from None
     return model.getvalue()
 

@@ -24,8 +24,22 @@ class LoadedModel:
     step: int
 
 
+def decoding_device(name: torch.device | str) -> torch.device:
+    """--device as a torch.device, or a one-line error: it must exist on this machine."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not a device attn decodes on; use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible on this machine; use --device cpu")
+    return device
+
+
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
     """A checkpoint file, or a run directory (its best checkpoint, else its latest)."""
+    device = decoding_device(device)
     path = ckpt.resolve_checkpoint(path)
     payload = ckpt.load_checkpoint(path)
     try:
@@ -37,6 +51,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         )
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path}: checkpoint lacks its config or tokenizer ({exc}); was it written by attn?") from None
+    except UserError:  # the SentencePiece bytes do not parse
+        raise UserError(f"{path}: the tokenizer stored in this checkpoint is damaged; use another checkpoint "
+                        "of the run (e.g. a step_*.pt)") from None
     model = build_model(cfg.model, tokenizer.src_vocab_size, tokenizer.tgt_vocab_size)
     try:
         model.load_state_dict(payload["model"])

@@ -127,8 +127,10 @@ _child: dict[str, Any] = {}
 
 def _start_child(decode_batch: DecodeBatch, model: nn.Module, settings: TranslateSettings, threads: int,
                  unclaimed) -> None:
-    # Ctrl-C reaches the whole process group; the parent alone handles it, and stops us.
+    # Ctrl-C (and `timeout`'s SIGTERM) reach the whole process group; the parent alone handles
+    # them, and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
     keep_freed_memory()
     model.eval()

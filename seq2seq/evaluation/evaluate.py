@@ -17,7 +17,7 @@ from seq2seq.evaluation.report import append_results_csv, write_report
 def read_text_file(path: Path, option: str) -> list[str]:
     """All lines of a UTF-8 text file; a missing, binary or non-UTF-8 file is a UserError."""
     if not path.is_file():
-        raise UserError(f"{option} {path}: file not found")
+        raise UserError(f"{option} {path}: {'is a folder; give a file' if path.is_dir() else 'file not found'}")
     count_text_lines(path)  # validates UTF-8 and rejects binary files, naming the line
     return list(read_lines(path))
 

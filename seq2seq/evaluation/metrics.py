@@ -61,6 +61,8 @@ def paired_bootstrap(
     refs: Sequence[Sequence[str]],
     n: int = 1000,
     seed: int = 12345,
+    names: tuple[str, str] = ("<system A>", "<system B>"),
+    refs_files: Sequence[str] | None = None,
 ) -> dict:
     """Is system B's BLEU/chrF different from system A's by more than chance?
 
@@ -70,8 +72,8 @@ def paired_bootstrap(
 
         {"bleu": {"a": 30.1, "b": 31.4, "b_mean": 31.3, "b_ci": 1.2, "p_value": 0.02}, ...}
     """
-    check_line_counts(hyps_a, refs, "<system A>")
-    check_line_counts(hyps_b, refs, "<system B>")
+    check_line_counts(hyps_a, refs, names[0], refs_files)  # names: the files, for errors
+    check_line_counts(hyps_b, refs, names[1], refs_files)
     if seed <= 0:
         raise UserError(f"bootstrap seed {seed}: use a positive integer (sacrebleu reads 0 as 'unseeded')")
     metrics = {"bleu": BLEU(), "chrf": CHRF()}

@@ -78,6 +78,7 @@ class TrainSummary:
     best_score: float | None
     metric: str
     stopped_because: str
+    interrupted: bool = False  # Ctrl-C/SIGTERM: saved, but not finished
 
 
 # ------------------------------------------------------------------------- set-up
@@ -97,8 +98,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    """Refuse to clobber another run; make sure we can write before spending any compute."""
+def check_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
+    """Refuse to clobber another run; make sure we can write before spending any compute.
+    Nothing of an earlier run is deleted here: see ``clear_earlier_run``."""
     out = Path(cfg.output_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"output_dir: {out} exists and is a file; choose a directory path")
@@ -120,11 +122,15 @@ def prepare_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
     except OSError as exc:
         raise UserError(f"output_dir: cannot write to {out} ({exc.strerror or exc}); choose a writable directory") from None
     ckpt.remove_temp_files(out)  # half-written checkpoints of a run that was killed
-    if overwrite and not resume:
-        shutil.rmtree(ckpt.checkpoint_dir(out), ignore_errors=True)
-        for name in (METRICS_FILE, CURVE_FILE, CONFIG_FILE):
-            (out / name).unlink(missing_ok=True)
     return out
+
+
+def clear_earlier_run(out: Path) -> None:
+    """--overwrite: delete the earlier run's checkpoints and records, once the new run is known
+    to start (its data, model and optimizer built), so that bad input never costs the old run."""
+    shutil.rmtree(ckpt.checkpoint_dir(out), ignore_errors=True)
+    for name in (METRICS_FILE, CURVE_FILE, CONFIG_FILE):
+        (out / name).unlink(missing_ok=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -249,9 +255,12 @@ class Trainer:
         for path in reversed(candidates):
             try:
                 payload = ckpt.load_checkpoint(path)
-                break
             except UserError as exc:
                 self.log(f"warning: skipping {exc}")
+                continue
+            if "optimizer" in payload:
+                break
+            self.log(f"warning: skipping {path}: no optimizer state to resume from (an averaged checkpoint?)")
         else:
             raise UserError(f"output_dir: no loadable checkpoint in {ckpt.checkpoint_dir(self.out)}")
         try:
@@ -472,7 +481,7 @@ class Trainer:
         if self.state.step and self.saved_step != self.state.step:
             self.save()
         return TrainSummary(self.out, self.state.step, self.state.best_step, self.state.best_score,
-                            metric, stopped_because)
+                            metric, stopped_because, interrupted=self.interrupted)
 
     def validate_and_track(self, metric: str, progress: "Progress") -> tuple[bool, bool]:
         """Validate on rank 0, log it, and decide (for every rank) whether this is the best so far."""
@@ -661,9 +670,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
             torch.backends.cudnn.allow_tf32 = True
         main_log = log if info.is_main else (lambda m: None)
         if info.is_main:
-            out = prepare_output_dir(cfg, resume, overwrite)
-            prepared = prepare_data(cfg, log=main_log)
-            write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
+            out = check_output_dir(cfg, resume, overwrite)
+            keep_built = ("--resume goes on with the data the run was trained on: restore its config and "
+                          "corpus, or start over with --overwrite") if resume else None
+            prepared = prepare_data(cfg, log=main_log, keep_built=keep_built)
         barrier(info)
         if not info.is_main:
             prepared = prepare_data(cfg, log=main_log)  # up to date now: only loads
@@ -671,6 +681,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         trainer = Trainer(cfg, prepared, info, device, main_log)
         if resume:
             trainer.resume()
+        # Only now that this run surely starts does the output folder change.
+        if info.is_main:
+            if overwrite and not resume:
+                clear_earlier_run(out)
+            write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
         main_log(f"model: {describe_model(trainer.model)}")
         main_log(f"training on {device} x{info.world_size}: {len(trainer.train_data):,} pairs, "
                  f"{trainer.accumulation} micro-batch(es) of <= {cfg.train.batch_tokens} tokens per update "
