@@ -126,6 +126,8 @@ CONFIG_CASES = {
     "set-unknown-key": ("", ["model.atention=dot"], ["model.atention", "did you mean 'attention'"]),
     "set-into-a-value": ("model:\n  arch: gru\n", ["model.arch.x=1"], ["--set model.arch.x", "not a section"]),
     "set-bad-yaml-value": ("", ["model.arch=[gru"], ["model.arch=[gru", "not valid YAML"]),
+    "duplicate-key": ("model:\n  arch: gru\n  hidden_dim: 32\n  arch: lstm\n", [],
+                      ["cfg.yaml", "line 4", "'arch' appears twice"]),
     "top-level-list": ("- model\n- train\n", [], ["cfg.yaml", "top level must be a mapping"]),
     "top-level-scalar": ("just some text\n", [], ["cfg.yaml", "top level must be a mapping"]),
 }
@@ -253,6 +255,21 @@ def test_train_refuses_a_different_run(tmp_path: Path, run_dir: Path, config: Pa
     result = attn("train", config, "--set", "model.hidden_dim=48", cwd=tmp_path)
     assert_user_error(result, str(out), "already holds a run", "--resume", "--overwrite")
     assert_unchanged(before, snapshot(out))
+
+
+def test_resume_and_overwrite_together(tmp_path: Path, run_dir: Path, config: Path) -> None:
+    copy_run(run_dir, tmp_path / "run")
+    assert_user_error(attn("train", config, "--resume", "--overwrite", cwd=tmp_path), "--resume", "--overwrite")
+
+
+def test_fp16_training_without_a_gpu(tmp_path: Path, config: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = attn("train", config, "--set", "train.precision=fp16", "--set", "train.device=auto", cwd=tmp_path)
+    assert_user_error(result, "train.precision", "fp16 needs a GPU")
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_nothing_to_resume(tmp_path: Path, config: Path) -> None:

@@ -86,6 +86,8 @@ class TrainSummary:
 
 def pick_device(cfg: Config, info: DistInfo) -> torch.device:
     if cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available()):
+        if cfg.train.precision == "fp16":  # device cpu is refused at load time; auto found no GPU
+            raise UserError("train.precision: fp16 needs a GPU and none is visible; use bf16 or fp32 on the CPU")
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("train.device: cuda was asked for but no GPU is visible; use auto or cpu")
@@ -102,6 +104,8 @@ def check_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
     """Refuse to clobber another run; make sure we can write before spending any compute.
     Nothing of an earlier run is deleted here: see ``clear_earlier_run``."""
     out = Path(cfg.output_dir)
+    if resume and overwrite:
+        raise UserError("--resume continues the run in output_dir and --overwrite deletes it; pass one of them")
     if out.exists() and not out.is_dir():
         raise UserError(f"output_dir: {out} exists and is a file; choose a directory path")
     # A run that trained (metrics or checkpoints); a config.yaml alone is a run that failed early.
