@@ -6,6 +6,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ATTN   := $(VENV)/bin/attn
 TORCH  ?= torch==2.13.0
+# Where a CUDA build would come by default (plain PyPI on Linux), point pip at PyTorch's CPU
+# wheels: `make TORCH_INDEX=https://download.pytorch.org/whl/cpu demo`. Empty: the configured index.
+TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test test-fast bench bench-quality bench-scale clean
@@ -15,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 

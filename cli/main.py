@@ -175,7 +175,8 @@ def train(
     config: ConfigArg,
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in output_dir.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Start over, deleting the checkpoints in output_dir.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Start over: delete the earlier run in output_dir (checkpoints, metrics, its evaluations; "
+                                                   "not the prepared data) once the new one is ready to start.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Train a model (tokenizes first when the prepared data is missing or stale)."""
@@ -387,7 +388,7 @@ def evaluate(
     """Score translations with sacrebleu (BLEU, chrF, TER + signatures) and write a report."""
     from seq2seq.evaluation.evaluate import read_text_file, results_row, translate_and_score
     from seq2seq.evaluation.metrics import paired_bootstrap, score_corpus
-    from seq2seq.evaluation.report import append_results_csv, write_report
+    from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV, append_results_csv, write_report
 
     if report_dir is not None:
         make_output_dir(report_dir, "--report-dir")
@@ -409,10 +410,10 @@ def evaluate(
             meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": str(hyp),
                                         **paired_bootstrap(other, hypotheses, references, names=(str(compare), str(hyp)),
                                                            refs_files=[str(p) for p in ref])}
-        report_dir = report_dir or hyp.parent / "eval"
+        report_dir = report_dir or hyp.parent / REPORT_DIR
         make_output_dir(report_dir, "--report-dir")
         write_report(report_dir, metrics, meta)
-        append_results_csv(report_dir.parent / "results.csv", results_row(metrics, meta))
+        append_results_csv(report_dir.parent / RESULTS_CSV, results_row(metrics, meta))
         report = {**metrics, **meta}
     else:
         raise UserError("nothing to score: pass --hyp FILE, or --checkpoint PATH with --src FILE")

@@ -198,6 +198,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     raw: dict[str, Any] = {}
     if path is not None:
         raw = read_yaml(Path(path))
+        if "base" in raw and ("grid" in raw or "points" in raw):
+            raise UserError(f"{path}: a sweep file (base + grid/points), not a run config; run it with "
+                            f"`attn experiment {path}` (--dry-run lists its points)")
     for expr in overrides:
         key, value = parse_override(expr)
         _set_path(raw, key, value)
@@ -214,7 +217,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not valid UTF-8 text (byte {exc.start}); is this a YAML file?") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
+        data = _UniqueKeyLoader.load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -233,6 +236,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load, except that a key given twice in one mapping is an error: plain YAML
     keeps the last one, so a forgotten earlier line would silently lose."""
+
+    @classmethod
+    def load(cls, text: str) -> Any:
+        """What yaml.safe_load does, with this loader (a SafeLoader: plain data only)."""
+        loader = cls(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()

@@ -128,6 +128,7 @@ CONFIG_CASES = {
     "set-bad-yaml-value": ("", ["model.arch=[gru"], ["model.arch=[gru", "not valid YAML"]),
     "duplicate-key": ("model:\n  arch: gru\n  hidden_dim: 32\n  arch: lstm\n", [],
                       ["cfg.yaml", "line 4", "'arch' appears twice"]),
+    "sweep-file": ("base: configs/demo.yaml\ngrid:\n  model.arch: [gru]\n", [], ["cfg.yaml", "sweep file", "attn experiment"]),
     "top-level-list": ("- model\n- train\n", [], ["cfg.yaml", "top level must be a mapping"]),
     "top-level-scalar": ("just some text\n", [], ["cfg.yaml", "top level must be a mapping"]),
 }
@@ -304,6 +305,18 @@ def test_overwrite_with_bad_input_keeps_the_earlier_run(tmp_path: Path, run_dir:
         f.write("one line too many\n")
     result = attn("train", config, "--overwrite", cwd=tmp_path)  # attn() checks nothing changed
     assert_user_error(result, "train.es", "train.en", "lines")
+
+
+def test_overwrite_deletes_what_described_the_earlier_model(tmp_path: Path, run_dir: Path) -> None:
+    config, here = own_run(run_dir, tmp_path / "run")
+    (tmp_path / "run" / "eval").mkdir()
+    (tmp_path / "run" / "eval" / "report.json").write_text('{"bleu": 31.4}\n')
+    (tmp_path / "run" / "results.csv").write_text("bleu\n31.4\n")
+    result = run_attn("train", config, "--overwrite", *here, "--set", "train.max_steps=1", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    left = {p.name for p in (tmp_path / "run").iterdir()}
+    assert "eval" not in left and "results.csv" not in left
+    assert {"checkpoints", "config.yaml", "metrics.jsonl", "data"} <= left
 
 
 def own_run(run_dir: Path, dest: Path) -> tuple[Path, list[str]]:

@@ -115,3 +115,22 @@ def test_results_csv_keeps_its_columns_and_adds_new_ones(tmp_path: Path):
         {"run": "gru-additive", "bleu": "20.5", "chrf": ""},
         {"run": "gru-dot", "bleu": "22.0", "chrf": "48.1"},
     ]
+
+
+def test_default_report_folder_is_where_the_user_pointed(tmp_path):
+    from seq2seq.evaluation.evaluate import default_report_dir
+
+    run = tmp_path / "moved_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(b"")
+    (tmp_path / "averaged.pt").write_bytes(b"")
+    assert default_report_dir(run) == run / "eval"
+    assert default_report_dir(run / "checkpoints" / "best.pt") == run / "eval"
+    assert default_report_dir(tmp_path / "averaged.pt") == tmp_path / "eval"
+
+
+def test_reports_are_readable_like_any_file_written_here(tmp_path):
+    write_report(tmp_path, score_corpus(["a b c"], [["a b c"]]), {"sentences": 1})
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777

@@ -11,7 +11,7 @@ from seq2seq.decoding.loading import load_model
 from seq2seq.decoding.translator import TranslateSettings, Translator
 from seq2seq.errors import UserError
 from seq2seq.evaluation.metrics import score_corpus
-from seq2seq.evaluation.report import append_results_csv, write_report
+from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV, append_results_csv, write_report
 
 
 def read_text_file(path: Path, option: str) -> list[str]:
@@ -20,6 +20,18 @@ def read_text_file(path: Path, option: str) -> list[str]:
         raise UserError(f"{option} {path}: {'is a folder; give a file' if path.is_dir() else 'file not found'}")
     count_text_lines(path)  # validates UTF-8 and rejects binary files, naming the line
     return list(read_lines(path))
+
+
+def default_report_dir(checkpoint: Path) -> Path:
+    """``<run>/eval`` for a run folder or a checkpoint inside one, else ``eval`` beside the
+    checkpoint file: where the user pointed, not the output_dir the run was trained in (the
+    run may have moved since, or that path may be relative to another folder)."""
+    from seq2seq.training.checkpoint import CHECKPOINT_DIR
+
+    if checkpoint.is_dir():
+        return checkpoint / REPORT_DIR
+    folder = checkpoint.parent
+    return (folder.parent if folder.name == CHECKPOINT_DIR else folder) / REPORT_DIR
 
 
 def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int | None,
@@ -51,7 +63,7 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
     hypotheses = [r[0].text for r in results]
     pieces = sum(len(r[0].tokens) for r in results)
 
-    report_dir = report_dir or Path(loaded.config.output_dir) / "eval"
+    report_dir = report_dir or default_report_dir(checkpoint)
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -73,7 +85,7 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
         "seconds": round(seconds, 2),
     }
     write_report(report_dir, metrics, meta)
-    append_results_csv(report_dir.parent / "results.csv", results_row(metrics, meta))
+    append_results_csv(report_dir.parent / RESULTS_CSV, results_row(metrics, meta))
     return {**metrics, **meta}, report_dir
 
 

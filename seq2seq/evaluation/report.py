@@ -10,11 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from seq2seq.files import write_text_atomic
+
+REPORT_DIR = "eval"  # a run's evaluation: <run>/eval/report.{json,md}, hypotheses.txt
+RESULTS_CSV = "results.csv"  # one row per evaluation, beside the report folder
 METRIC_KEYS = ("bleu", "chrf", "ter", "signature")
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER"}
 
@@ -95,16 +97,3 @@ def append_results_csv(csv_path: str | Path, row: dict) -> None:
 
 def _csv_value(value: Any) -> Any:
     return json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise

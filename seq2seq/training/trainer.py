@@ -41,6 +41,8 @@ from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.prepare import PreparedData, prepare_data
 from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
+from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV
+from seq2seq.files import write_text_atomic
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
@@ -52,6 +54,7 @@ from seq2seq.training.schedule import Plateau, lr_at
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "learning_curve.png"
 CONFIG_FILE = "config.yaml"
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -130,17 +133,13 @@ def check_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
 
 
 def clear_earlier_run(out: Path) -> None:
-    """--overwrite: delete the earlier run's checkpoints and records, once the new run is known
-    to start (its data, model and optimizer built), so that bad input never costs the old run."""
-    shutil.rmtree(ckpt.checkpoint_dir(out), ignore_errors=True)
-    for name in (METRICS_FILE, CURVE_FILE, CONFIG_FILE):
+    """--overwrite: delete what the earlier run wrote (checkpoints, records, its evaluations:
+    they describe a model that is gone), once the new run is known to start (its data, model and
+    optimizer built), so that bad input never costs the old run. The prepared data stays."""
+    for folder in (ckpt.checkpoint_dir(out), out / TENSORBOARD_DIR, out / REPORT_DIR):
+        shutil.rmtree(folder, ignore_errors=True)
+    for name in (METRICS_FILE, CURVE_FILE, CONFIG_FILE, RESULTS_CSV):
         (out / name).unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -217,7 +216,7 @@ class Trainer:
         self.skipped_logged = 0
         self.interrupted = False  # set by the Ctrl-C/SIGTERM handler
         self.wall_start, self.wall_before = time.perf_counter(), 0.0  # see wall_seconds
-        self.tensorboard = open_tensorboard(cfg, self.out) if info.is_main else None
+        self.tensorboard = None  # a SummaryWriter, opened by train() once the output folder is ready
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.pending_interrupt: tuple[torch.Tensor, Any] | None = None  # DDP on GPU: see stop_requested
 
@@ -538,8 +537,9 @@ class Trainer:
             learning_curve(self.out / CURVE_FILE, records)
 
 
-def open_tensorboard(cfg: Config, out: Path):
-    """A TensorBoard writer in output_dir/tensorboard when train.tensorboard is on."""
+def tensorboard_writer(cfg: Config) -> type | None:
+    """TensorBoard's SummaryWriter when train.tensorboard is on (imported at start-up, so that
+    a missing package is an error before anything is written)."""
     if not cfg.train.tensorboard:
         return None
     try:
@@ -547,7 +547,7 @@ def open_tensorboard(cfg: Config, out: Path):
     except ImportError:
         raise UserError("train.tensorboard: true needs the tensorboard package; "
                         "pip install 'attn[tensorboard]' or set it to false") from None
-    return SummaryWriter(log_dir=str(out / "tensorboard"))
+    return SummaryWriter
 
 
 class Window:
@@ -674,6 +674,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
             torch.backends.cudnn.allow_tf32 = True
         main_log = log if info.is_main else (lambda m: None)
         if info.is_main:
+            writer = tensorboard_writer(cfg)
             out = check_output_dir(cfg, resume, overwrite)
             keep_built = ("--resume goes on with the data the run was trained on: restore its config and "
                           "corpus, or start over with --overwrite") if resume else None
@@ -690,6 +691,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
             if overwrite and not resume:
                 clear_earlier_run(out)
             write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
+            if writer is not None:
+                trainer.tensorboard = writer(log_dir=str(out / TENSORBOARD_DIR))
         main_log(f"model: {describe_model(trainer.model)}")
         main_log(f"training on {device} x{info.world_size}: {len(trainer.train_data):,} pairs, "
                  f"{trainer.accumulation} micro-batch(es) of <= {cfg.train.batch_tokens} tokens per update "
