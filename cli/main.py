@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from seq2seq.errors import TrainingStopped, UserError
+from seq2seq.files import not_a_file
 
 
 class Precision(str, Enum):
@@ -285,7 +286,7 @@ def translate(
     translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda m: eprint(f"warning: {m}"))
 
     if input is not None and not input.is_file():
-        raise UserError(f"--input {input}: {'is a folder; give a file' if input.is_dir() else 'file not found'}")
+        raise UserError(f"--input {input}: {not_a_file(input)}")
     if attention_plots is not None:
         make_output_dir(attention_plots, "--attention-plots")
     source_fd = os.open(input, os.O_RDONLY) if input else sys.stdin.fileno()

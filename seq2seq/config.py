@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from seq2seq.errors import UserError
+from seq2seq.files import not_a_file
 
 RNN_ARCHS = ("rnn", "lstm", "gru")
 ARCHS = RNN_ARCHS + ("transformer",)
@@ -210,8 +211,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Safe-load a YAML mapping; syntax errors name the line and column."""
     if not path.is_file():
-        problem = "is a folder, not a config file" if path.is_dir() else "config file not found"
-        raise UserError(f"{path}: {problem}; check the path")
+        raise UserError(f"{path}: {not_a_file(path, 'config file')}; check the path")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

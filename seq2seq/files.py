@@ -1,4 +1,5 @@
-"""Writing text files so that a reader never sees half of one."""
+"""Files: writing text so that a reader never sees half of it, and saying why a path that
+should be a file is not one."""
 
 from __future__ import annotations
 
@@ -19,3 +20,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def not_a_file(path: Path, what: str = "file") -> str:
+    """Why ``path`` (which is not a file) cannot be read as a ``what``, for an error message."""
+    return f"is a folder, not a {what}" if path.is_dir() else f"{what} not found"

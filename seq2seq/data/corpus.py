@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from seq2seq.errors import UserError
+from seq2seq.files import not_a_file
 
 
 def corpus_paths(prefix: str, src_lang: str, tgt_lang: str) -> tuple[Path, Path]:
@@ -37,7 +38,7 @@ def count_text_lines(path: Path) -> int:
     """Count the lines of a UTF-8 text file, refusing binary or wrongly encoded files."""
     if not path.is_file():
         raise UserError(
-            f"{path}: {'is a folder, not a corpus file' if path.is_dir() else 'corpus file not found'}; "
+            f"{path}: {not_a_file(path, 'corpus file')}; "
             "check data.train/valid/test (file prefixes) "
             "and data.src_lang/tgt_lang (file suffixes) in the config"
         )

@@ -10,6 +10,7 @@ from seq2seq.data.corpus import count_text_lines, read_lines
 from seq2seq.decoding.loading import load_model
 from seq2seq.decoding.translator import TranslateSettings, Translator
 from seq2seq.errors import UserError
+from seq2seq.files import not_a_file
 from seq2seq.evaluation.metrics import score_corpus
 from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV, append_results_csv, write_report
 
@@ -17,7 +18,7 @@ from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV, append_results_cs
 def read_text_file(path: Path, option: str) -> list[str]:
     """All lines of a UTF-8 text file; a missing, binary or non-UTF-8 file is a UserError."""
     if not path.is_file():
-        raise UserError(f"{option} {path}: {'is a folder; give a file' if path.is_dir() else 'file not found'}")
+        raise UserError(f"{option} {path}: {not_a_file(path)}")
     count_text_lines(path)  # validates UTF-8 and rejects binary files, naming the line
     return list(read_lines(path))
 

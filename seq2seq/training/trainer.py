@@ -688,7 +688,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
             trainer.resume()
         # Only now that this run surely starts does the output folder change.
         if info.is_main:
-            if overwrite and not resume:
+            if overwrite:  # (with --resume it was refused above)
                 clear_earlier_run(out)
             write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
             if writer is not None:
