@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from seq2seq.errors import TrainingStopped, UserError
-from seq2seq.files import not_a_file
+from seq2seq.files import missing_folders, not_a_file, remove_empty_folders, removed_if_failed
 
 
 class Precision(str, Enum):
@@ -287,8 +287,7 @@ def translate(
 
     if input is not None and not input.is_file():
         raise UserError(f"--input {input}: {not_a_file(input)}")
-    if attention_plots is not None:
-        make_output_dir(attention_plots, "--attention-plots")
+    plot_folders = make_output_dir(attention_plots, "--attention-plots") if attention_plots is not None else []
     source_fd = os.open(input, os.O_RDONLY) if input else sys.stdin.fileno()
     sink = AtomicOutput(output) if output else None
     out = sink.file if sink else sys.stdout
@@ -314,6 +313,7 @@ def translate(
     except BaseException:
         if sink:
             sink.discard()
+        remove_empty_folders(plot_folders)
         raise
     finally:
         translator.close()
@@ -333,13 +333,17 @@ def plot_attention(path: Path, result, tokenizer) -> None:
     attention_heatmap(path, src, tgt, result.attention[: len(tgt)])
 
 
-def make_output_dir(path: Path, option: str) -> None:
+def make_output_dir(path: Path, option: str) -> list[Path]:
+    """Create ``path``; return the folders created, for ``remove_empty_folders`` if the command fails."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path}: exists and is a file; choose a directory")
+    created = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        remove_empty_folders(created)
         raise UserError(f"{option} {path}: cannot create it ({exc.strerror}); choose a writable directory") from None
+    return created
 
 
 class AtomicOutput:
@@ -352,10 +356,12 @@ class AtomicOutput:
             raise UserError(f"--output {path}: is a directory; give a file path")
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        self.created = missing_folders(path.parent)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(self.tmp, "w", encoding="utf-8")
         except OSError as exc:
+            remove_empty_folders(self.created)
             raise UserError(f"--output {path}: cannot write there ({exc.strerror}); choose a writable path") from None
 
     def commit(self) -> None:
@@ -367,6 +373,7 @@ class AtomicOutput:
     def discard(self) -> None:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
+        remove_empty_folders(self.created)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -391,33 +398,33 @@ def evaluate(
     from seq2seq.evaluation.metrics import paired_bootstrap, score_corpus
     from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV, append_results_csv, write_report
 
-    if report_dir is not None:
-        make_output_dir(report_dir, "--report-dir")
-    if checkpoint is not None:
-        if src is None or hyp is not None:
-            raise UserError("--checkpoint needs --src (the source text to translate) and no --hyp")
-        if compare is not None:
-            raise UserError("--compare works with --hyp; translate both systems first")
-        report, report_dir = translate_and_score(checkpoint, src, ref, beam, report_dir, device,
-                                                 warn=lambda m: eprint(f"warning: {m}"),
-                                                 precision=precision and precision.value, workers=workers)
-    elif hyp is not None:
-        references = [read_text_file(path, "--ref") for path in ref]
-        hypotheses = read_text_file(hyp, "--hyp")
-        metrics = score_corpus(hypotheses, references, hyps_file=str(hyp), refs_files=[str(p) for p in ref])
-        meta = {"hypotheses": str(hyp), "references": [str(p) for p in ref], "sentences": len(hypotheses)}
-        if compare is not None:
-            other = read_text_file(compare, "--compare")
-            meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": str(hyp),
-                                        **paired_bootstrap(other, hypotheses, references, names=(str(compare), str(hyp)),
-                                                           refs_files=[str(p) for p in ref])}
-        report_dir = report_dir or hyp.parent / REPORT_DIR
-        make_output_dir(report_dir, "--report-dir")
-        write_report(report_dir, metrics, meta)
-        append_results_csv(report_dir.parent / RESULTS_CSV, results_row(metrics, meta))
-        report = {**metrics, **meta}
-    else:
-        raise UserError("nothing to score: pass --hyp FILE, or --checkpoint PATH with --src FILE")
+    created = make_output_dir(report_dir, "--report-dir") if report_dir is not None else []
+    with removed_if_failed(created):
+        if checkpoint is not None:
+            if src is None or hyp is not None:
+                raise UserError("--checkpoint needs --src (the source text to translate) and no --hyp")
+            if compare is not None:
+                raise UserError("--compare works with --hyp; translate both systems first")
+            report, report_dir = translate_and_score(checkpoint, src, ref, beam, report_dir, device,
+                                                     warn=lambda m: eprint(f"warning: {m}"),
+                                                     precision=precision and precision.value, workers=workers)
+        elif hyp is not None:
+            references = [read_text_file(path, "--ref") for path in ref]
+            hypotheses = read_text_file(hyp, "--hyp")
+            metrics = score_corpus(hypotheses, references, hyps_file=str(hyp), refs_files=[str(p) for p in ref])
+            meta = {"hypotheses": str(hyp), "references": [str(p) for p in ref], "sentences": len(hypotheses)}
+            if compare is not None:
+                other = read_text_file(compare, "--compare")
+                meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": str(hyp),
+                                            **paired_bootstrap(other, hypotheses, references, names=(str(compare), str(hyp)),
+                                                               refs_files=[str(p) for p in ref])}
+            report_dir = report_dir or hyp.parent / REPORT_DIR
+            make_output_dir(report_dir, "--report-dir")
+            write_report(report_dir, metrics, meta)
+            append_results_csv(report_dir.parent / RESULTS_CSV, results_row(metrics, meta))
+            report = {**metrics, **meta}
+        else:
+            raise UserError("nothing to score: pass --hyp FILE, or --checkpoint PATH with --src FILE")
     for name in ("bleu", "chrf", "ter"):
         print(f"{name.upper():5} {report[name]:6.2f}  {report['signature'][name]}")
     for name, r in report.get("paired_bootstrap", {}).items():
@@ -449,12 +456,12 @@ def average(
     paths = ckpt.step_checkpoints(run_dir)[-last:]
     if not paths:
         raise UserError(f"{run_dir}: no step checkpoints to average; train first")
-    make_output_dir(output.parent, "--output")
-    payloads = [ckpt.load_checkpoint(p) for p in paths]
-    averaged = dict(payloads[-1])
-    averaged["model"] = average_checkpoints([p["model"] for p in payloads])
-    averaged.pop("optimizer", None)  # an average is for translating, not for resuming
-    ckpt.save_atomic(averaged, output)
+    with removed_if_failed(make_output_dir(output.parent, "--output")):
+        payloads = [ckpt.load_checkpoint(p) for p in paths]
+        averaged = dict(payloads[-1])
+        averaged["model"] = average_checkpoints([p["model"] for p in payloads])
+        averaged.pop("optimizer", None)  # an average is for translating, not for resuming
+        ckpt.save_atomic(averaged, output)
     eprint(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {output}")
 
 

@@ -1,9 +1,11 @@
-"""Files: writing text so that a reader never sees half of it, and saying why a path that
-should be a file is not one."""
+"""Files: writing text so that a reader never sees half of it, leaving no empty folders behind a
+command that failed, and saying why a path that should be a file is not one."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,3 +27,33 @@ def write_text_atomic(path: Path, text: str) -> None:
 def not_a_file(path: Path, what: str = "file") -> str:
     """Why ``path`` (which is not a file) cannot be read as a ``what``, for an error message."""
     return f"is a folder, not a {what}" if path.is_dir() else f"{what} not found"
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what
+    ``path.mkdir(parents=True)`` is about to create. A command that then fails hands them to
+    ``remove_empty_folders``, so that a refused command leaves nothing behind."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty; stop at the first that is not."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+@contextmanager
+def removed_if_failed(folders: list[Path]) -> Iterator[None]:
+    """Run the block; if it fails, remove those of ``folders`` (from ``missing_folders``) it left empty."""
+    try:
+        yield
+    except BaseException:
+        remove_empty_folders(folders)
+        raise

@@ -203,13 +203,15 @@ def _serve() -> None:
 
 
 def snapshot(folder: str | Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (recursively, hidden ones too): relative path -> bytes."""
+    """Everything under ``folder`` (recursively, hidden ones too): relative path -> bytes for a
+    file, ``path/`` -> b"" for a folder (so that a failed command leaving an empty folder shows)."""
     folder = Path(folder)
     if not folder.exists():
         return {}
     if folder.is_file():
         return {folder.name: folder.read_bytes()}
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)) + ("/" if p.is_dir() else ""): b"" if p.is_dir() else p.read_bytes()
+            for p in sorted(folder.rglob("*"))}
 
 
 def assert_unchanged(before: dict[str, bytes], after: dict[str, bytes], allow_new: bool = False) -> None:
@@ -246,6 +248,20 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str,
     for fragment in fragments:
         assert fragment in line, f"{fragment!r} not in the error line: {line}"
     return line
+
+
+def flip_a_weight_byte(checkpoint: Path) -> None:
+    """Damage a checkpoint the quiet way (a bad disk sector, a bad copy): one byte in the middle
+    of the model's largest weight changes, so the file still loads as a zip and as a pickle."""
+    import torch
+
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    largest = max(weights.values(), key=lambda t: t.numel()).contiguous().numpy().tobytes()
+    data = bytearray(checkpoint.read_bytes())
+    start = data.find(largest)
+    assert start >= 0, "the weight's bytes are not stored as they are in memory"
+    data[start + len(largest) // 2] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
 
 
 def write_corpus(folder: Path, sizes: dict[str, int] | None = None) -> Path:

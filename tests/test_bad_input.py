@@ -26,6 +26,7 @@ from tests.helpers_cli import (
     assert_unchanged,
     assert_user_error,
     error_line,
+    flip_a_weight_byte,
     run_attn,
     snapshot,
     tiny_run,
@@ -411,6 +412,25 @@ def test_failed_translate_keeps_the_previous_output(tmp_path: Path, ckpt: Path) 
     assert_unchanged(before, snapshot(tmp_path))  # the old output, and no temp file left
 
 
+def test_failed_commands_leave_no_new_folders(tmp_path: Path, ckpt: Path, config: Path) -> None:
+    """Outputs aimed at folders that do not exist yet, by commands that fail after creating them:
+    the folders go again (``attn`` checks that nothing at all was added under ``tmp_path``)."""
+    (tmp_path / "in.es").write_bytes(b"hola\nbuenos d\xedas\n")  # fails on line 2, mid-run
+    (tmp_path / "ref.en").write_text("hello\ngood day\n")
+    assert_user_error(translate(ckpt, "-i", "in.es", "-o", "new/dir/out.en", "--attention-plots", "plots/a",
+                                cwd=tmp_path), "in.es line 2")
+    assert_user_error(attn("evaluate", "-r", "ref.en", "-c", ckpt, "--src", "in.es", "--report-dir", "reports/a",
+                           cwd=tmp_path), "in.es", "line 2")
+    (tmp_path / "run0" / "checkpoints").mkdir(parents=True)
+    bad_checkpoint("format-999", ckpt, tmp_path / "run0" / "checkpoints").rename(
+        tmp_path / "run0" / "checkpoints" / "step_00000001.pt")
+    assert_user_error(attn("average", "run0", "-o", "avg/x.pt", cwd=tmp_path), "format 999")
+    small_vocabulary = ("--set", "data.tokenizer.vocab_size=16")  # fails inside SentencePiece
+    for command in ("tokenize", "train"):
+        assert_user_error(attn(command, config, "--set", f"output_dir={tmp_path / 'runs' / 'new'}", *small_vocabulary,
+                               cwd=tmp_path), "data.tokenizer", progress=("tokenize:",))
+
+
 def test_output_that_is_an_input_is_refused(tmp_path: Path, ckpt: Path) -> None:
     mine = tmp_path / "model.pt"
     shutil.copy(ckpt, mine)
@@ -509,6 +529,9 @@ def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
         payload = torch.load(good, map_location="cpu", weights_only=True)
         payload["format"] = 999
         torch.save(payload, path)
+    elif kind == "one-byte-changed":
+        shutil.copy(good, path)
+        flip_a_weight_byte(path)
     elif kind == "plain-dict":
         import torch
 
@@ -531,6 +554,7 @@ BAD_CHECKPOINTS = {
     "empty": ("not a readable attn checkpoint",),
     "format-999": ("checkpoint format 999", "not supported"),
     "plain-dict": ("not an attn checkpoint",),
+    "one-byte-changed": ("damaged", "does not match the checksum", "another checkpoint"),
     "damaged-tokenizer": ("tokenizer stored in this checkpoint is damaged", "another checkpoint"),
 }
 

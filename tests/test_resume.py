@@ -10,6 +10,7 @@ import torch
 from seq2seq.errors import UserError
 from seq2seq.training import checkpoint as ckpt
 from seq2seq.training.trainer import read_metrics, train, trim_metrics
+from tests.helpers_cli import flip_a_weight_byte
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -71,12 +72,16 @@ def test_resume_needs_a_checkpoint_and_refuses_to_clobber(tiny_corpus, tmp_path)
         quiet_train(tiny_corpus.config(out, "train.max_steps=2"))
 
 
-def test_resume_skips_a_corrupt_newest_checkpoint(tiny_corpus, tmp_path):
+@pytest.mark.parametrize("damage", ["cut-short", "one-byte-changed"])
+def test_resume_skips_a_corrupt_newest_checkpoint(tiny_corpus, tmp_path, damage):
     out = tmp_path / "run"
     run = ("train.save_every=2", "train.valid_every=100", "train.log_every=1")
     quiet_train(tiny_corpus.config(out, *run, "train.max_steps=4"))
     newest = ckpt.step_checkpoint_path(out, 4)
-    newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a disk that lied about a write
+    if damage == "cut-short":
+        newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a disk that lied about a write
+    else:
+        flip_a_weight_byte(newest)  # loads without complaint unless its checksums are checked
     messages: list[str] = []
     summary = train(tiny_corpus.config(out, *run, "train.max_steps=5"), resume=True, log=messages.append, quiet=True)
     assert any("skipping" in m and "step_00000004.pt" in m for m in messages)

@@ -37,6 +37,7 @@ from seq2seq.data.special import UNK_ID
 from seq2seq.data.store import ParallelDataset, StoreWriter
 from seq2seq.data.tokenizer import Tokenizer, train_tokenizer
 from seq2seq.errors import UserError
+from seq2seq.files import missing_folders, remove_empty_folders
 
 # Bump when the prepared layout changes, so folders built by an older attn are rebuilt.
 PREPARED_FORMAT = 1
@@ -274,12 +275,14 @@ def check_replaceable(out_dir: Path) -> None:
 @contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
     """A new folder next to ``target`` that replaces ``target`` if the block succeeds."""
+    created = missing_folders(target.parent)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # A sibling, not the system temp dir: renames are atomic only within one file system.
         staging = target.with_name(f".{target.name}.building-{uuid.uuid4().hex[:8]}")
         staging.mkdir()
     except OSError as exc:
+        remove_empty_folders(created)
         raise UserError(
             f"{target}: cannot write here ({exc.strerror}); set data.prepared_dir to a writable folder"
         ) from None
@@ -288,6 +291,7 @@ def staging_dir(target: Path) -> Iterator[Path]:
         swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_empty_folders(created)
         raise
 
 

@@ -42,7 +42,7 @@ from seq2seq.data.prepare import PreparedData, prepare_data
 from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
 from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV
-from seq2seq.files import write_text_atomic
+from seq2seq.files import missing_folders, remove_empty_folders, write_text_atomic
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
@@ -665,6 +665,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), quiet: bool = False) -> TrainSummary:
     """Run (or continue) the training described by ``cfg``; returns where it ended."""
     info = init_distributed()
+    # A run refused before it wrote anything leaves no empty output_dir behind it.
+    created = missing_folders(Path(cfg.output_dir)) if info.is_main else []
     try:
         device = pick_device(cfg, info)
         if cfg.train.threads:
@@ -716,6 +718,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
             if trainer.tensorboard is not None:
                 trainer.tensorboard.close()
         return summary
+    except BaseException:
+        remove_empty_folders(created)
+        raise
     finally:
         cleanup(info)
 
