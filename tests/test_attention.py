@@ -139,9 +139,34 @@ def test_local_p_centres_stay_inside_the_real_sentence():
     assert torch.all(centres <= (REAL_LENGTHS - 1).unsqueeze(1))
 
 
-@pytest.mark.parametrize("kind", GLOBAL + ["local_m", "local_p"])
-def test_all_steps_at_once_equals_one_step_at_a_time(kind):
-    attention = build_attention(kind, DIM, DIM, window=1)
+@pytest.mark.parametrize("kind", ["local_m", "local_p"])
+def test_local_windows_sit_where_float32_puts_them_in_a_bf16_model(kind):
+    """bf16 cannot count past 256 (its 281, 282 and 283 all read 280), so a bf16 model that
+    placed its windows in its own precision would look at the wrong words of long sentences."""
+    torch.manual_seed(0)
+    attention = build_attention(kind, DIM, DIM, window=2, local_score="dot")
+    queries, encoder_outputs = torch.randn(1, 4, DIM), torch.randn(1, 300, DIM)
+    key_mask = torch.ones(1, 300, dtype=torch.bool)
+    with torch.no_grad():
+        if kind == "local_p":  # p_t = 299 * sigmoid(v^T tanh(W_p h_t)) = 281.4, which bf16 would round
+            attention.position[0].weight.copy_(torch.eye(DIM) * 50)
+            queries[..., 0] = 1.0  # tanh(50) = 1 in dimension 0, the only one v reads
+            attention.position[2].weight.fill_(0.0)
+            attention.position[2].weight[0, 0] = math.log(281.4 / (299 - 281.4))
+        windows = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            attention.to(dtype)
+            keys = attention.precompute(encoder_outputs.to(dtype))
+            _, weights = attention(queries.to(dtype), keys, encoder_outputs.to(dtype), key_mask, first_step=281)
+            windows[dtype] = [row.nonzero().flatten().tolist() for row in weights[0]]
+    assert windows[torch.bfloat16] == windows[torch.float32]
+    if kind == "local_m":
+        assert windows[torch.float32][0] == [279, 280, 281, 282, 283]
+
+
+@pytest.mark.parametrize("kind,score", [(kind, "general") for kind in GLOBAL] + LOCAL)
+def test_all_steps_at_once_equals_one_step_at_a_time(kind, score):
+    attention = build_attention(kind, DIM, DIM, window=1, local_score=score)
     queries, encoder_outputs = random_inputs(steps=5)
     context, weights = attend(attention, queries, encoder_outputs)
     for t in range(5):

@@ -33,6 +33,15 @@ RNN_CASES = [
     ("gru", "local_p", "luong", {"local_score": "scaled_dot", "input_feeding": False, "decoder_layers": 2}),
     ("lstm", "none", "luong", {}),
     ("gru", "none", "bahdanau", {"encoder_layers": 2}),
+    # The rest of each mechanism's pairings with both styles and input feeding, e.g. demo.yaml's.
+    ("gru", "general", "luong", {}),
+    ("gru", "additive", "luong", {"input_feeding": False}),
+    ("lstm", "dot", "luong", {}),
+    ("gru", "scaled_dot", "luong", {"input_feeding": False}),
+    ("lstm", "local_m", "luong", {"local_score": "general", "window": 1}),
+    ("gru", "local_p", "bahdanau", {"local_score": "dot"}),
+    ("rnn", "local_p", "luong", {"local_score": "additive", "bidirectional": False}),
+    ("gru", "none", "luong", {"input_feeding": False}),
 ]
 TRANSFORMER_BASE = dict(
     arch="transformer", attention="scaled_dot", hidden_dim=16, heads=2, ffn_dim=32, encoder_layers=2,

@@ -14,7 +14,8 @@ decoder step. ``key_mask`` is True on real source tokens; padding always gets ex
 weight. ``first_step`` is the decoder position of the first query (local_m centres on it).
 
 Mechanisms (``build_attention`` picks one):
-    additive    Bahdanau et al. 2015:  score = v^T tanh(W_q q + W_k k)
+    additive    Bahdanau et al. 2015:  score = v^T tanh(W_q q + W_k k + b)  (Luong's "concat"
+                when the query is the decoder's new output, rnn.py's luong style)
     dot         Luong et al. 2015:     score = q^T k
     general     Luong et al. 2015:     score = q^T W k
     scaled_dot  Vaswani et al. 2017:   score = q^T k / sqrt(d)
@@ -113,7 +114,8 @@ class GeneralScore(nn.Module):
 
 
 class AdditiveScore(nn.Module):
-    """v^T tanh(W_q q + W_k k): a one-hidden-layer network scores each pair."""
+    """v^T tanh(W_q q + W_k k + b): a one-hidden-layer network scores each pair. (The papers
+    have no b; it costs nothing here and lets the hidden layer shift its tanh.)"""
 
     def __init__(self, query_dim: int, key_dim: int, attention_dim: int):
         super().__init__()
@@ -207,11 +209,12 @@ class LocalAttention(nn.Module):
         return self.score.precompute(keys)
 
     def centres(self, queries: Tensor, source_lengths: Tensor, first_step: int) -> Tensor:
-        """The window centre p_t of every query, as floats: [B,T]."""
-        last = (source_lengths - 1).to(queries.dtype).unsqueeze(1)  # [B,1]
+        """The window centre p_t of every query: [B,T], float32 whatever the model's precision
+        (bf16 cannot count past 256: its positions 281-283 all read 280)."""
+        last = (source_lengths - 1).float().unsqueeze(1)  # [B,1]
         if self.predictive:
-            return last * torch.sigmoid(self.position(queries).squeeze(-1))
-        steps = torch.arange(queries.size(1), device=queries.device, dtype=queries.dtype) + first_step
+            return last * torch.sigmoid(self.position(queries).squeeze(-1).float())
+        steps = torch.arange(queries.size(1), device=queries.device, dtype=torch.float32) + first_step
         return torch.minimum(steps.unsqueeze(0), last)
 
     def forward(
@@ -222,7 +225,7 @@ class LocalAttention(nn.Module):
         allowed = window_mask(centres, length, self.half_width) & key_mask.unsqueeze(1)
         weights = masked_softmax(self.score(queries, keys), allowed)
         if self.predictive:
-            weights = weights * gaussian_weights(centres, length, sigma=self.half_width / 2)
+            weights = weights * gaussian_weights(centres, length, sigma=self.half_width / 2).to(weights.dtype)
         return weights @ values, weights
 
 
