@@ -162,3 +162,52 @@ def test_ddp_matches_one_process_and_stops_together(tiny_corpus, tmp_path, monke
     final = ckpt.load_checkpoint(ckpt.step_checkpoint_path(tmp_path / "ddp", INTERRUPT_AT))
     assert len(final["rng_ranks"]) == 2 and final["run_state"]["world_size"] == 2
     assert all(torch.equal(final["model"][n], t) for n, t in params[0].items())
+
+
+# ----------------------------------------------------------------------------- plateau decay
+
+
+def plateau_worker(rank: int, port: int, overrides: list[str], record_dir: str) -> None:
+    """A DDP rank whose validations never improve (so the plateau halves the rate after every
+    one but the first); it records the learning rate of each update and its final parameters."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    torch.set_num_threads(1)
+    from seq2seq.training import validation
+
+    validation.validate = lambda *args: {"valid_loss": 1.0, "valid_bleu": 1.0, "valid_chrf": 1.0}
+    apply_update, rates = Trainer.apply_update, []
+
+    def recording_apply_update(self, figures):
+        result = apply_update(self, figures)
+        rates.append(result["lr"])
+        if self.state.step == self.cfg.train.max_steps:
+            torch.save({"rates": rates, "params": {n: p.detach().clone() for n, p in self.model.named_parameters()}},
+                       Path(record_dir) / f"rank{rank}.pt")
+        return result
+
+    Trainer.apply_update = recording_apply_update
+    train(load_config(None, [*overrides, f"output_dir={Path(record_dir) / f'out{rank}'}"]), log=lambda m: None,
+          quiet=True)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_decay_the_plateau_learning_rate_together(tiny_corpus, tmp_path):
+    """Only rank 0 validates; a plateau decay it decides must reach every rank, or the replicas
+    step with different learning rates and drift apart (DDP syncs gradients, not parameters)."""
+    run = [*tiny_corpus.overrides, *RUN, "train.schedule=plateau", "train.plateau_patience=0",
+           "train.valid_every=1", "train.max_steps=4", "train.save_every=100"]
+    context = mp.start_processes(plateau_worker, args=(free_port(), run, str(tmp_path)), nprocs=2, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 90
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the DDP workers did not finish within 90 s")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert ranks[0]["rates"] == pytest.approx([0.003, 0.003, 0.0015, 0.00075])  # validations at 1, 2, 3
+    assert ranks[1]["rates"] == ranks[0]["rates"]
+    for name, tensor in ranks[0]["params"].items():
+        assert torch.equal(tensor, ranks[1]["params"][name]), name

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.config import TrainConfig
+from seq2seq.config import Config, TrainConfig
 from seq2seq.data.prepare import load_prepared
 from seq2seq.data.special import PAD_ID
 from seq2seq.training import checkpoint as ckpt
@@ -20,7 +20,8 @@ from seq2seq.training.distributed import DistInfo
 from seq2seq.training import loss as loss_module
 from seq2seq.training.loss import label_smoothed_nll, projected_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
-from seq2seq.training.trainer import Trainer, TrainingStopped, read_metrics, seed_everything, train
+from seq2seq.training.trainer import (Trainer, TrainingStopped, accumulation_steps, read_metrics, seed_everything, train,
+                                      uneven_update_warning)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -199,8 +200,20 @@ def test_constant_schedule_and_plateau_decay():
     restored.load_state_dict(plateau.state_dict())
     assert restored.scale == 0.5 and restored.best == 11.0
 
+    # train.min_lr is a floor for the decayed rate too (as for torch's ReduceLROnPlateau).
+    floored = TrainConfig(schedule="plateau", lr=1e-3, warmup_steps=0, min_lr=1e-4)
+    assert lr_at(100, floored, plateau_scale=0.5) == pytest.approx(5e-4)
+    assert lr_at(100, floored, plateau_scale=0.5**6) == pytest.approx(1e-4)
+
 
 # ----------------------------------------------------------------------------- one update
+
+
+def test_update_size_that_processes_cannot_split_evenly_is_warned_about():
+    cfg = Config(train=TrainConfig(batch_tokens=4096, update_tokens=16384))
+    assert [accumulation_steps(cfg, world) for world in (1, 2, 3, 4)] == [4, 2, 1, 1]
+    assert uneven_update_warning(cfg, 4) is None
+    assert "updates hold up to 12288 tokens" in uneven_update_warning(cfg, 3)
 
 
 def test_accumulated_micro_batches_give_the_full_batch_gradient(tiny_corpus, tmp_path):

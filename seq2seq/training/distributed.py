@@ -62,13 +62,15 @@ def all_gather_objects(obj: object, info: DistInfo) -> list:
     return gathered
 
 
-def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """Rank 0's decision (stop early, interrupted) for every rank, so all stop together."""
+def broadcast_from_main(values: list[float], info: DistInfo, device: torch.device) -> list[float]:
+    """Rank 0's numbers (a validation's decisions, the plateau's learning-rate scale) for every
+    rank, so that all stop together and step with the same learning rate. float64, so a scale
+    arrives exactly as rank 0 holds it: replicas with learning rates a rounding apart drift."""
     if not info.enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
+        return list(values)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.broadcast(t, src=0)
-    return bool(t.item())
+    return t.tolist()
 
 
 def cleanup(info: DistInfo) -> None:

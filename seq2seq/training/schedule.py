@@ -11,8 +11,9 @@ import math
 from seq2seq.config import TrainConfig
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """The learning rate for update number ``step`` (1-based), before any plateau decay."""
+def lr_at(step: int, cfg: TrainConfig, plateau_scale: float = 1.0) -> float:
+    """The learning rate for update number ``step`` (1-based), times ``Plateau.scale`` (the
+    plateau schedule's decay so far); never below ``train.min_lr``."""
     warmup = cfg.warmup_steps
     match cfg.schedule:
         case "constant" | "plateau":
@@ -35,7 +36,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
                 return cfg.min_lr + (max(cfg.lr, cfg.min_lr) - cfg.min_lr) * cosine
         case _:
             raise ValueError(f"unknown schedule {cfg.schedule}")
-    return max(cfg.min_lr, cfg.lr * factor)
+    return max(cfg.min_lr, cfg.lr * factor * plateau_scale)
 
 
 class Plateau:

@@ -46,7 +46,7 @@ from seq2seq.files import missing_folders, remove_empty_folders, write_text_atom
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
-from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_flag,
+from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_from_main,
                                           cleanup, init_distributed)
 from seq2seq.training.loss import projected_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
@@ -182,6 +182,16 @@ def accumulation_steps(cfg: Config, world_size: int) -> int:
     return max(1, round(cfg.effective_update_tokens / (cfg.train.batch_tokens * world_size)))
 
 
+def uneven_update_warning(cfg: Config, world_size: int) -> str | None:
+    """Why updates will not hold ``train.update_tokens`` tokens with ``world_size`` processes, if so."""
+    update = accumulation_steps(cfg, world_size) * cfg.train.batch_tokens * world_size
+    if update == cfg.effective_update_tokens:
+        return None
+    return (f"train.update_tokens={cfg.effective_update_tokens} is not a multiple of train.batch_tokens x processes "
+            f"({cfg.train.batch_tokens} x {world_size}): updates hold up to {update} tokens; make it one so that "
+            "runs with other process counts take the same updates")
+
+
 # ------------------------------------------------------------------------- the loop
 
 
@@ -210,6 +220,8 @@ class Trainer:
             self.train_data.src_lengths, self.train_data.tgt_lengths, cfg.train.batch_tokens,
             seed=cfg.train.seed, shuffle=True, rank=info.rank, world_size=info.world_size)
         self.accumulation = accumulation_steps(cfg, info.world_size)
+        if (warning := uneven_update_warning(cfg, info.world_size)) is not None:
+            log(f"warning: {warning}")
         # Device-side counters: read only at log time, so the step never waits on the device.
         self.bad_run = torch.zeros((), device=device)
         self.skipped = torch.zeros((), device=device)
@@ -358,7 +370,7 @@ class Trainer:
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
         loss_finite = torch.isfinite(figures["loss"])
         finite = torch.isfinite(grad_norm) & loss_finite
-        lr = lr_at(self.state.step + 1, cfg) * self.plateau.scale
+        lr = lr_at(self.state.step + 1, cfg, self.plateau.scale)
         for param_group in self.optimizer.param_groups:
             param_group["lr"] = lr
         if self.scaler.is_enabled():
@@ -511,8 +523,10 @@ class Trainer:
             self.plot_curve()
         patience = self.cfg.train.patience
         stop = patience is not None and self.state.validations_without_improvement >= patience
-        return (broadcast_flag(improved, self.info, self.device),
-                broadcast_flag(stop, self.info, self.device))
+        # Only rank 0 validated: every rank takes its decisions and its plateau scale.
+        improved, stop, self.plateau.scale = broadcast_from_main(
+            [improved, stop, self.plateau.scale], self.info, self.device)
+        return bool(improved), bool(stop)
 
     def write_metrics(self, record: dict[str, Any]) -> None:
         if not self.info.is_main:
