@@ -411,6 +411,11 @@ def _check_combinations(cfg: Config) -> None:
                 f"sliding-window self-attention (local, window {m.window})"
             )
             m.attention = "local"
+        if m.positions == "learned" and cfg.data.max_len + 1 > m.max_positions:
+            raise UserError(
+                f"model.max_positions: {m.max_positions} learned positions cannot hold training pairs of "
+                f"data.max_len={cfg.data.max_len} pieces plus EOS; raise max_positions or lower data.max_len"
+            )
         if m.hidden_dim % m.heads:
             raise UserError(
                 f"model.hidden_dim: {m.hidden_dim} must be divisible by model.heads ({m.heads})"

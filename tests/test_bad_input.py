@@ -121,6 +121,10 @@ CONFIG_CASES = {
     "heads-divide-hidden": (
         "model:\n  arch: transformer\n  hidden_dim: 30\n  heads: 4\n", [], ["model.hidden_dim", "model.heads"],
     ),
+    "learned-positions-too-few": (
+        "model:\n  arch: transformer\n  positions: learned\n  max_positions: 100\n", [],
+        ["model.max_positions", "100", "data.max_len=128"],
+    ),
     "same-languages": ("data:\n  src_lang: en\n  tgt_lang: en\n", [], ["data.tgt_lang"]),
     "set-without-equals": ("", ["foo"], ["--set 'foo'", "key.path=value"]),
     "set-empty-path-part": ("", ["model..x=1"], ["model..x=1", "key.path=value"]),

@@ -7,6 +7,10 @@ whole file takes seconds.
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +24,7 @@ from seq2seq.data.corpus import check_parallel, read_lines
 from seq2seq.data.prepare import PreparedData, filter_reason, prepare_data
 from seq2seq.data.special import BOS_ID, EOS_ID, PAD_ID
 from seq2seq.data.store import ParallelDataset, TokenStore, write_store
-from seq2seq.data.tokenizer import Tokenizer, train_tokenizer
+from seq2seq.data.tokenizer import Tokenizer, sample_sentences, train_tokenizer
 from seq2seq.errors import UserError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "bible-en-es-sample"
@@ -152,6 +156,29 @@ def test_fingerprint_tells_tokenizers_apart(corpus: Path, tmp_path: Path) -> Non
         cfg = make_config(corpus, tmp_path / "unused", f"data.tokenizer.vocab_size={vocab_size}")
         fingerprints.add(train_tokenizer(cfg.data, out).fingerprint())
     assert len(fingerprints) == 2
+
+
+def test_sentence_sample_is_uniform_and_the_same_every_time() -> None:
+    assert sample_sentences(map(str, range(5)), 10) == ["0", "1", "2", "3", "4"]  # fewer: all, in order
+    sample = sample_sentences(map(str, range(1000)), 50)
+    assert len(set(sample)) == 50 and sample == sample_sentences(map(str, range(1000)), 50)
+    # Every sentence of 20 is in a 5-sentence sample a quarter of the time (4,000 seeds: +-10%).
+    counts = Counter(line for seed in range(4000) for line in sample_sentences(map(str, range(20)), 5, seed))
+    assert set(counts) == {str(i) for i in range(20)}
+    assert all(900 <= count <= 1100 for count in counts.values()), counts
+
+
+def test_tokenizer_trained_on_a_sample_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """SentencePiece's own sampling used a new seed in each process: the same corpus and config
+    gave another vocabulary at every fresh `attn tokenize` once the corpus outgrew the sample."""
+    script = (f"from seq2seq.config import load_config; from seq2seq.data.tokenizer import train_tokenizer; "
+              f"cfg = load_config(None, ['data.train={SAMPLE / 'train'}', 'data.tokenizer.vocab_size=300', "
+              f"'data.tokenizer.input_sentence_size=1000']); "
+              f"print(train_tokenizer(cfg.data, {str(tmp_path)!r}).fingerprint())")
+    env = {**os.environ, "PYTHONPATH": str(SAMPLE.parents[1])}
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+            for _ in range(3)]
+    assert len({run.stdout for run in runs}) == 1, [run.stdout for run in runs]
 
 
 # --------------------------------------------------------------------------- store

@@ -289,10 +289,10 @@ def test_tied_output_shares_the_embedding_matrix_even_when_sizes_differ():
 def test_interface_attributes():
     rnn = build(**RNN_BASE, share_vocab=False)
     assert (rnn.src_vocab_size, rnn.tgt_vocab_size) == (SRC_VOCAB, TGT_VOCAB)
-    assert rnn.max_source_positions is None
+    assert rnn.max_positions is None
     learned = build(**TRANSFORMER_BASE, positions="learned", max_positions=64)
-    assert learned.max_source_positions == 64
-    assert build(**TRANSFORMER_BASE).max_source_positions is None  # sinusoidal positions never end
+    assert learned.max_positions == 64
+    assert build(**TRANSFORMER_BASE).max_positions is None  # sinusoidal positions never end
 
 
 def test_count_parameters_counts_shared_matrices_once():

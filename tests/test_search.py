@@ -165,6 +165,23 @@ def test_min_len_forbids_early_eos():
         assert all(len(h.tokens) >= min_len for h in draws)
 
 
+def test_outputs_end_where_learned_positions_end():
+    """A Transformer with 16 learned positions reads BOS and at most 15 pieces, whatever
+    decode.max_len_a/b allow (here 1.5 * 13 + 10); min_len keeps it from stopping earlier."""
+    assert max_output_length(torch.tensor([1, 13]), 1.5, 10, max_positions=16).tolist() == [11, 15]
+    cfg = ModelConfig(arch="transformer", attention="scaled_dot", hidden_dim=16, heads=2, ffn_dim=32,
+                      encoder_layers=1, decoder_layers=1, positions="learned", max_positions=16)
+    torch.manual_seed(0)
+    model = build_model(cfg, 20, 20).eval()
+    src = torch.randint(4, 20, (2, 13))
+    src[:, -1] = EOS_ID
+    limits = dict(max_len_a=1.5, max_len_b=10, min_len=30)
+    with torch.inference_mode():
+        outputs = [beam_search(model, src, 3, 1.0, **limits)[0][0], greedy_search(model, src, **limits)[0],
+                   sample(model, src, **limits, generator=torch.Generator().manual_seed(0))[0]]
+    assert [len(h.tokens) for h in outputs] == [15, 15, 15]
+
+
 def test_max_length_is_respected(model, src):
     limits = max_output_length((src != PAD_ID).sum(1), 1.5, 3).tolist()
     beams = beam_search(model, src, 4, 1.0, **LIMITS, nbest=4)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import random
 import re
 from collections.abc import Iterable, Iterator
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 
 import sentencepiece as spm
@@ -135,19 +137,48 @@ def train_tokenizer(data_cfg: DataConfig, out_dir: str | Path) -> Tokenizer:
     return tokenizer
 
 
+def sample_sentences(sentences: Iterable[str], size: int, seed: int = 0) -> list[str]:
+    """A uniform random sample of ``size`` sentences, in one pass with memory for ``size`` only
+    (reservoir sampling, Li's algorithm L); all of them, in order, when there are fewer.
+
+    The same corpus always gives the same sample. SentencePiece's own sampling
+    (``input_sentence_size``) draws a new seed in every process, so the same corpus and config
+    gave another vocabulary, and so another BLEU, at every fresh ``attn tokenize``."""
+    stream = iter(sentences)
+    reservoir = list(islice(stream, size))
+    if len(reservoir) < size:
+        return reservoir
+    rng = random.Random(seed)
+
+    def uniform() -> float:  # in (0, 1]: safe to take the log of
+        return 1.0 - rng.random()
+
+    w = math.exp(math.log(uniform()) / size)
+    while w < 1.0:
+        skip = math.floor(math.log(uniform()) / math.log1p(-w))
+        chosen = next(islice(stream, skip, None), None)
+        if chosen is None:
+            break
+        reservoir[rng.randrange(size)] = chosen
+        w *= math.exp(math.log(uniform()) / size)
+    return reservoir
+
+
 def train_model(sentences: Iterator[str], settings: TokenizerConfig) -> bytes:
     """Train one SentencePiece model on streamed sentences; return the serialized model."""
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences,
+            # A fixed sample bounds memory on any corpus.
+            sentence_iterator=iter(sample_sentences(sentences, settings.input_sentence_size)),
             model_writer=model,
             model_type=settings.type,
             vocab_size=settings.vocab_size,
             # A small corpus cannot fill a big vocabulary; learn what it supports instead of failing.
             hard_vocab_limit=False,
             character_coverage=settings.character_coverage,
-            # SentencePiece keeps a random sample of this many sentences: bounded memory on any corpus.
+            # The sample above has at most this many sentences, so SentencePiece's own random
+            # sampling never starts (these two settings keep small corpora's models as they were).
             input_sentence_size=settings.input_sentence_size,
             shuffle_input_sentence=True,
             pad_id=PAD_ID,

@@ -52,9 +52,12 @@ class Hypothesis:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def max_output_length(src_lens: Tensor, a: float, b: int) -> Tensor:
-    """The most pieces (EOS not counted) each sentence may produce: floor(a * src_len + b)."""
-    return (a * src_lens.double() + b).floor().long()
+def max_output_length(src_lens: Tensor, a: float, b: int, max_positions: int | None = None) -> Tensor:
+    """The most pieces (EOS not counted) each sentence may produce: floor(a * src_len + b), and
+    no more than a decoder with ``max_positions`` learned positions can read (it reads BOS and
+    the pieces at positions 0..n to predict the EOS after n pieces)."""
+    lengths = (a * src_lens.double() + b).floor().long()
+    return lengths if max_positions is None else lengths.clamp(max=max_positions - 1)
 
 
 def gnmt_length_penalty(num_tokens: Tensor | int, alpha: float) -> Tensor | float:
@@ -227,7 +230,7 @@ def _one_token_per_step(
     batch_size = src.size(0)
     device = src.device
     src_lens = _source_lengths(src)
-    max_lens = max_output_length(src_lens, max_len_a, max_len_b)
+    max_lens = max_output_length(src_lens, max_len_a, max_len_b, getattr(model, "max_positions", None))
     steps = int(max_lens.max()) + 1
     state = model.init_state(model.encode(src))
     prev = src.new_full((batch_size,), BOS_ID)
@@ -318,7 +321,7 @@ def beam_search(
 
     # Per live sentence (N of them; B at first):
     sentence_ids = torch.arange(src.size(0), device=device)
-    max_lens = max_output_length(src_lens, max_len_a, max_len_b)
+    max_lens = max_output_length(src_lens, max_len_a, max_len_b, getattr(model, "max_positions", None))
     num_finished = torch.zeros_like(sentence_ids)
     # Every sentence starts as k copies; only the first is live, or the k copies would
     # propose the same candidates k times.
@@ -446,6 +449,8 @@ class Ensemble(nn.Module):
             )
         self.members = nn.ModuleList(models)
         self.tgt_vocab_size = vocab_sizes[0]
+        limits = [m.max_positions for m in models if getattr(m, "max_positions", None) is not None]
+        self.max_positions = min(limits, default=None)  # what every member can read
 
     def encode(self, src: Tensor) -> list[Any]:
         return [m.encode(src) for m in self.members]

@@ -104,7 +104,7 @@ class Translator:
         self.settings = settings
         self.warn = warn
         # Models with learned positions cannot read arbitrarily long sources.
-        model_limit = getattr(model, "max_source_positions", None)
+        model_limit = getattr(model, "max_positions", None)
         self.max_source_len = settings.max_source_len
         if model_limit is not None:
             self.max_source_len = min(self.max_source_len, model_limit - 1)  # room for EOS

@@ -332,7 +332,7 @@ class RNNSeq2Seq(nn.Module):
         self.config = cfg
         self.src_vocab_size = src_vocab_size
         self.tgt_vocab_size = tgt_vocab_size
-        self.max_source_positions: int | None = None  # an RNN reads any length
+        self.max_positions: int | None = None  # an RNN reads any length
         src_embedding = nn.Embedding(src_vocab_size, cfg.embed_dim)
         tgt_embedding = src_embedding
         if not cfg.share_vocab:

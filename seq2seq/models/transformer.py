@@ -521,8 +521,8 @@ class Transformer(nn.Module):
         self.config = cfg
         self.src_vocab_size = src_vocab_size
         self.tgt_vocab_size = tgt_vocab_size
-        # Learned positions end at max_positions; sinusoidal ones do not end.
-        self.max_source_positions = cfg.max_positions if cfg.positions == "learned" else None
+        # Learned positions end at max_positions, on either side; sinusoidal ones do not end.
+        self.max_positions = cfg.max_positions if cfg.positions == "learned" else None
         self.attention_layer = -1
         self.attention_head: int | None = None
         src_tokens = nn.Embedding(src_vocab_size, cfg.hidden_dim)
