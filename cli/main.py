@@ -233,7 +233,8 @@ def translate(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where translations go (default: stdout).")] = None,
     beam: Annotated[Optional[int], typer.Option(min=1, help="Beam size (default: the checkpoint's decode.beam_size).")] = None,
     nbest: Annotated[int, typer.Option(min=1, help="Translations per input line (prefixed with the line number when > 1).")] = 1,
-    scores: Annotated[bool, typer.Option(help="Prefix each translation with its score.")] = False,
+    scores: Annotated[bool, typer.Option(help="Prefix each translation with its score: the log-probability of its "
+                                              "pieces and EOS, divided by the length penalty (--sample: not divided).")] = False,
     alignments: Annotated[bool, typer.Option(help="Append hard alignments (source-target piece pairs, Pharaoh i-j).")] = False,
     length_penalty: Annotated[Optional[float], typer.Option(min=0.0, help="GNMT length penalty alpha.")] = None,
     max_len_a: Annotated[Optional[float], typer.Option(min=0.0, help="Max output length = a * source length + b.")] = None,
@@ -257,6 +258,7 @@ def translate(
     import dataclasses
     import os
 
+    from seq2seq.decoding.search import has_attention
     from seq2seq.decoding.streaming import line_batches
     from seq2seq.decoding.translator import TranslateSettings, TranslationResult, Translator
 
@@ -273,6 +275,10 @@ def translate(
                 raise UserError(f"--output {output}: is an input of this command ({path}); choose another file")
         if zipfile.is_zipfile(output):  # how torch saves a checkpoint
             raise UserError(f"--output {output}: is a checkpoint (or another zip archive); choose another file")
+    if (alignments or attention_plots) and not has_attention(model):
+        option = "--alignments" if alignments else "--attention-plots"
+        raise UserError(f"{option}: the model has no attention (model.attention: none), so there are no weights to "
+                        f"{'align with' if alignments else 'plot'}; drop {option}")
     for m in getattr(model, "members", [model]):
         m.attention_layer, m.attention_head = attention_layer, attention_head
     decode = loaded.config.decode

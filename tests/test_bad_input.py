@@ -475,6 +475,16 @@ def test_nbest_larger_than_beam(tmp_path: Path, ckpt: Path) -> None:
     assert_user_error(result, "nbest 3", "2")
 
 
+def test_alignments_of_a_model_without_attention(tmp_path: Path, config: Path) -> None:
+    result = attn("train", config, "--quiet", "--set", "model.attention=none", "--set", "train.max_steps=1",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    none = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert_user_error(translate(none, "--alignments", cwd=tmp_path, input="hola\n"), "--alignments", "no attention")
+    assert_user_error(translate(none, "--attention-plots", "plots", cwd=tmp_path, input="hola\n"),
+                      "--attention-plots", "no attention")
+
+
 def test_tokenizer_folder_missing(tmp_path: Path, ckpt: Path) -> None:
     result = translate(ckpt, "--tokenizer", "no-such-dir", cwd=tmp_path, input="hola\n")
     assert_user_error(result, "--tokenizer no-such-dir", "not found")

@@ -20,6 +20,7 @@ from seq2seq.decoding.search import (
     forced_score,
     gnmt_length_penalty,
     greedy_search,
+    has_attention,
     keep_parents_in_place,
     max_output_length,
     rows_that_stay,
@@ -163,6 +164,22 @@ def test_min_len_forbids_early_eos():
         generator = torch.Generator().manual_seed(0)
         draws = sample(table, src.repeat(20, 1), **LIMITS, min_len=min_len, generator=generator)
         assert all(len(h.tokens) >= min_len for h in draws)
+
+
+def test_ensemble_attention_leaves_out_members_without_attention():
+    """An RNN with attention: none returns all-zero weights; averaged in, they would halve the
+    other members' weights in plots (and alone they make every piece 'align' to source piece 0)."""
+    torch.manual_seed(0)
+    models = [build_model(ModelConfig(arch="gru", attention=kind, embed_dim=8, hidden_dim=8), 20, 20).eval()
+              for kind in ("none", "general")]
+    src = torch.tensor([[5, 6, 7, EOS_ID]])
+    ensemble = Ensemble(models)
+    assert [has_attention(m) for m in (*models, ensemble, Ensemble(models[:1]))] == [False, True, True, False]
+    with torch.inference_mode():
+        prev = torch.tensor([2])
+        _, _, expected = models[1].step(prev, models[1].init_state(models[1].encode(src)))
+        _, _, averaged = ensemble.step(prev, ensemble.init_state(ensemble.encode(src)))
+    assert torch.allclose(averaged, expected) and averaged.sum().item() == pytest.approx(1.0)
 
 
 def test_outputs_end_where_learned_positions_end():

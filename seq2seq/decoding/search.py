@@ -449,6 +449,8 @@ class Ensemble(nn.Module):
             )
         self.members = nn.ModuleList(models)
         self.tgt_vocab_size = vocab_sizes[0]
+        # Members without attention return all-zero weights, which must not dilute the others'.
+        self.attending = [i for i, m in enumerate(models) if has_attention(m)]
         limits = [m.max_positions for m in models if getattr(m, "max_positions", None) is not None]
         self.max_positions = min(limits, default=None)  # what every member can read
 
@@ -463,26 +465,34 @@ class Ensemble(nn.Module):
 
     def step(self, prev_tokens: Tensor, state: list[Any]) -> tuple[Tensor, list[Any], Tensor | None]:
         logits, states, attentions = zip(*(m.step(prev_tokens, s) for m, s in zip(self.members, state)))
-        return _average_log_probs(logits), list(states), _average_attention(attentions)
+        return _average_log_probs(logits), list(states), self._average_attention(attentions)
 
     def forward(self, src: Tensor, tgt_in: Tensor, return_attention: bool = False) -> Any:
         outputs = [m(src, tgt_in, return_attention=return_attention) for m in self.members]
         if not return_attention:
             return _average_log_probs(outputs)
         logits, attentions = zip(*outputs)
-        return _average_log_probs(logits), _average_attention(attentions)
+        return _average_log_probs(logits), self._average_attention(attentions)
+
+    def _average_attention(self, attentions: Sequence[Tensor | None]) -> Tensor | None:
+        """The attending members' mean attention, for plots and alignments; None when some has none."""
+        attending = [attentions[i] for i in self.attending]
+        if not attending or any(a is None for a in attending):
+            return None
+        return torch.stack([a.float() for a in attending]).mean(dim=0)
+
+
+def has_attention(model: nn.Module) -> bool:
+    """Whether ``model``'s attention weights mean anything: an RNN with ``attention: none``
+    returns all-zero weights, which would make every piece 'align' to the first source piece."""
+    if isinstance(model, Ensemble):
+        return bool(model.attending)
+    return getattr(getattr(model, "config", None), "attention", None) != "none"
 
 
 def _average_log_probs(logits: Sequence[Tensor]) -> Tensor:
     mean = torch.stack([_log_probs(x) for x in logits]).mean(dim=0)
     return F.log_softmax(mean, dim=-1)
-
-
-def _average_attention(attentions: Sequence[Tensor | None]) -> Tensor | None:
-    """Mean attention for plots and alignments; None when some member has none."""
-    if any(a is None for a in attentions):
-        return None
-    return torch.stack([a.float() for a in attentions]).mean(dim=0)
 
 
 def average_checkpoints(state_dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:

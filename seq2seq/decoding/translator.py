@@ -89,8 +89,8 @@ class Translator:
     ):
         if settings.nbest > settings.beam_size and not settings.sampling:
             raise UserError(
-                f"nbest {settings.nbest} is larger than decode.beam_size {settings.beam_size}; "
-                "raise decode.beam_size or lower nbest"
+                f"nbest {settings.nbest} is larger than the beam size {settings.beam_size} (--beam or "
+                "decode.beam_size); raise the beam size or lower --nbest"
             )
         self.model = with_precision(model, settings.precision)
         if _device_of(model).type == "cpu":

@@ -11,8 +11,9 @@ gains nothing.
 This process is one of the N: it decodes batches from the end of the list while the N - 1
 spawned ones take them from the front, each taking its next batch only when it is ready for it.
 So nobody waits for a child to start (importing torch takes it ~1.2 s), and at the end nobody
-waits longer than another's last batch. Batches are decoded exactly as one process would
-decode them, so the translations are the same.
+waits longer than another's last batch. Batches are decoded as one process would decode
+them, so the translations are the same (their scores may differ in the last digits: fewer threads
+sum in another order).
 
 Children are spawned, not forked: a forked child of a process whose OpenMP threads have run
 can hang in its first parallel region (GNU libgomp). The model reaches them through shared
