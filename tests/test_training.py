@@ -355,3 +355,16 @@ def test_tensorboard_logs_the_same_figures(tiny_corpus, tmp_path, one_torch_thre
     logged = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
     assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in logged]
     assert events.Scalars("train/loss")[-1].value == pytest.approx(logged[-1]["loss"], rel=1e-6)
+
+
+def test_validation_leaves_out_pairs_that_learned_positions_cannot_read(tiny_corpus, tmp_path):
+    """Only training pairs are length-filtered: a valid pair longer than model.max_positions
+    used to stop the run with a traceback at its first validation."""
+    cfg = tiny_corpus.config(tmp_path / "run", "model.arch=transformer", "model.heads=2", "model.positions=learned",
+                             "model.max_positions=40", "data.max_len=30", f"data.prepared_dir={tmp_path / 'data'}",
+                             "train.max_steps=1", "train.valid_every=1")
+    summary = train(cfg, log=lambda m: None, quiet=True)
+    valid = load_prepared(tmp_path / "data").dataset("valid")
+    assert max(valid.src_lengths.max(), valid.tgt_lengths.max()) >= 40  # the case this is about
+    assert summary.steps == 1
+    assert [r["valid_loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "valid_loss" in r]

@@ -12,6 +12,7 @@ import itertools
 import math
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,13 +27,21 @@ from seq2seq.training.loss import label_smoothed_nll
 
 @torch.inference_mode()
 def validation_loss(model: nn.Module, prepared: PreparedData, batch_tokens: int, device: torch.device) -> tuple[float, int]:
-    """Mean NLL per target token on the valid split (no label smoothing, no dropout)."""
+    """Mean NLL per target token on the valid split (no label smoothing, no dropout).
+
+    The valid split is not length-filtered, so pairs that a model with learned positions cannot
+    read (a side with ``model.max_positions`` pieces or more, plus EOS/BOS) are left out here
+    rather than stopping the run; the translation half of validation cuts such sources."""
     data = prepared.dataset("valid")
-    sampler = TokenBatchSampler(data.src_lengths, data.tgt_lengths, batch_tokens, seed=0, shuffle=False)
+    pairs = np.arange(len(data.src_lengths))
+    limit = getattr(model, "max_positions", None)
+    if limit is not None:
+        pairs = np.flatnonzero((data.src_lengths < limit) & (data.tgt_lengths < limit))
+    sampler = TokenBatchSampler(data.src_lengths[pairs], data.tgt_lengths[pairs], batch_tokens, seed=0, shuffle=False)
     nll = torch.zeros((), device=device)
     tokens = 0
     for indices in sampler.batches(0):
-        batch = collate(data, indices)
+        batch = collate(data, pairs[indices])
         logits = model(batch.src.to(device), batch.tgt_in.to(device))
         nll += label_smoothed_nll(logits, batch.tgt_out.to(device), 0.0).nll
         tokens += batch.n_tgt_tokens
