@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -280,7 +281,13 @@ def _set_path(raw: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(child, dict):
             raise UserError(f"--set {key}: '{part}' is not a section")
         node = child
-    node[parts[-1]] = value
+    leaf = parts[-1]
+    if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+        # `--set model={hidden_dim: 64}` changes hidden_dim, not the rest of the model section.
+        for sub_key, sub_value in value.items():
+            _set_path(node[leaf], str(sub_key), sub_value)
+        return
+    node[leaf] = value
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
@@ -344,6 +351,8 @@ def _coerce(tp: Any, value: Any, key: str, metadata: Any) -> Any:
         _check_range(key, value, metadata)
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}: expected a number, got {_describe(value)}")
         if not math.isfinite(value):  # YAML reads .nan and .inf as floats
@@ -351,10 +360,17 @@ def _coerce(tp: Any, value: Any, key: str, metadata: Any) -> Any:
         _check_range(key, float(value), metadata)
         return float(value)
     if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, bool):
+            raise UserError(f"{key}: expected a string, got {_describe(value)} (YAML reads yes/no/on/off as "
+                            f"booleans); quote the value, e.g. {key.rsplit('.', 1)[-1]}: 'no' in a file, "
+                            f"--set \"{key}='no'\" on the command line")
+        if not isinstance(value, (str, int, float)):
             raise UserError(f"{key}: expected a string, got {_describe(value)}")
         return str(value)
     raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _check_range(key: str, value: float, metadata: Any) -> None:

@@ -26,7 +26,6 @@ import io
 import itertools
 import json
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,9 +88,15 @@ def load_sweep(path: Path) -> Sweep:
     if not combos and not listed:
         raise UserError(f"{path}: the grid is empty and no points are listed; give grid keys with lists of values")
 
+    every = combos + listed
+    settings_of = [json.dumps(overrides, sort_keys=True) for overrides in every]
+    if len(set(settings_of)) != len(settings_of):
+        raise UserError(f"{path}: two points have the same overrides; every point must differ")
+    names = [point_name(overrides) for overrides in every]
+    if len(set(names)) != len(names):  # e.g. train.precision and decode.precision: name by full keys
+        names = [point_name(overrides, full_keys=True) for overrides in every]
     points = []
-    for overrides in combos + listed:
-        name = point_name(overrides)
+    for name, overrides in zip(names, every):
         settings = {**common, **overrides, "output_dir": str(output_dir / name)}
         exprs = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
         try:
@@ -102,9 +107,9 @@ def load_sweep(path: Path) -> Sweep:
             # Points that share a data section share one tokenization.
             cfg.data.prepared_dir = str(output_dir / f"data-{data_hash(cfg)}")
         points.append(Point(name, overrides, cfg))
-    names = [p.name for p in points]
     if len(set(names)) != len(names):
-        raise UserError(f"{path}: two points have the same overrides; every point must differ")
+        raise UserError(f"{path}: two points get the same folder name ({', '.join(sorted(set(n for n in names if names.count(n) > 1)))}); "
+                        "make their values differ in more than punctuation")
     return Sweep(path, output_dir, points)
 
 
@@ -116,9 +121,10 @@ def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
     return value
 
 
-def point_name(overrides: dict[str, Any]) -> str:
-    """A readable, file-safe folder name: ``arch-gru_attention-additive``."""
-    parts = [f"{key.rsplit('.', 1)[-1]}-{value}" for key, value in overrides.items()]
+def point_name(overrides: dict[str, Any], full_keys: bool = False) -> str:
+    """A readable, file-safe folder name: ``arch-gru_attention-additive`` (``full_keys``:
+    ``model.arch-gru_model.attention-additive``)."""
+    parts = [f"{key if full_keys else key.rsplit('.', 1)[-1]}-{value}" for key, value in overrides.items()]
     return re.sub(r"[^A-Za-z0-9._-]+", "", "_".join(parts)) or "base"
 
 
@@ -134,55 +140,90 @@ def data_hash(cfg: Config) -> str:
 def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
     """Run every unfinished point, then write the leaderboard; returns its markdown path."""
     from seq2seq.evaluation.evaluate import translate_and_score
-    from seq2seq.training import checkpoint as ckpt
     from seq2seq.training.trainer import train
 
     for point in sweep.points:  # before any training, not after the first point's
         if point.config.data.test is None:
             raise UserError(f"{sweep.path}: point {point.name} has no data.test to evaluate on")
+    failed = []
     for number, point in enumerate(sweep.points, start=1):
         header = f"[{number}/{len(sweep.points)}] {point.name}"
         if point.finished:
             log(f"{header}: finished earlier, skipped")
             continue
-        resume = bool(ckpt.step_checkpoints(point.output_dir))
+        # The report of an earlier config must not pass for this one's if training stops early.
+        (point.output_dir / REPORT).unlink(missing_ok=True)
+        resume = can_resume(point)
         log(f"{header}: {'resuming' if resume else 'training'} -> {point.output_dir}")
-        start = time.perf_counter()
-        summary = train(point.config, resume=resume, overwrite=not resume, log=log, quiet=True)
-        if summary.interrupted:  # saved; a re-run resumes it instead of scoring a half-trained model
-            raise KeyboardInterrupt
-        train_seconds = time.perf_counter() - start
-        src, ref = (Path(f"{point.config.data.test}.{lang}")
-                    for lang in (point.config.data.src_lang, point.config.data.tgt_lang))
-        report, _ = translate_and_score(point.output_dir, src, [ref], None, None)
-        (point.output_dir / "train_seconds.json").write_text(json.dumps({"seconds": train_seconds}))
+        try:
+            summary = train(point.config, resume=resume, overwrite=not resume, log=log, quiet=True)
+            if summary.interrupted:  # saved; a re-run resumes it instead of scoring a half-trained model
+                raise KeyboardInterrupt
+            src, ref = (Path(f"{point.config.data.test}.{lang}")
+                        for lang in (point.config.data.src_lang, point.config.data.tgt_lang))
+            report, _ = translate_and_score(point.output_dir, src, [ref], None, None, decode=point.config.decode)
+        except UserError as exc:  # the other points still run, and the leaderboard shows what finished
+            log(f"{header}: error: {exc}")
+            failed.append(point.name)
+            continue
         log(f"{header}: test BLEU {report['bleu']:.2f} chrF {report['chrf']:.2f}")
-    return write_leaderboard(sweep)
+    leaderboard = write_leaderboard(sweep)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(sweep.points)} points failed ({', '.join(failed)}; their errors "
+                        f"are above); the leaderboard {leaderboard} has the others")
+    return leaderboard
+
+
+def can_resume(point: Point) -> bool:
+    """Whether the point's checkpoints can go on under its current config: they exist, and the
+    model and data they were trained with are the point's (otherwise it trains from scratch)."""
+    from seq2seq.training import checkpoint as ckpt
+    from seq2seq.training.trainer import CONFIG_FILE
+
+    saved = point.output_dir / CONFIG_FILE
+    if not ckpt.step_checkpoints(point.output_dir) or not saved.is_file():
+        return False
+    try:
+        before = load_config(saved)
+    except UserError:
+        return False
+    return before.model == point.config.model and before.data == point.config.data
 
 
 def leaderboard_rows(sweep: Sweep) -> list[dict[str, Any]]:
     from seq2seq.training.trainer import METRICS_FILE, read_metrics
 
-    rows = []
+    rows, bleus = [], []
     for point in sweep.points:
         if not point.finished:
             continue
         report = json.loads((point.output_dir / REPORT).read_text())
+        bleus.append(report["bleu"])
         records = read_metrics(point.output_dir / METRICS_FILE)
         speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
         valids = [r for r in records if "valid_bleu" in r]
-        timing = point.output_dir / "train_seconds.json"
         rows.append({
             "point": point.name,
             **{key: value for key, value in point.overrides.items()},
             "test_bleu": round(report["bleu"], 2),
             "test_chrf": round(report["chrf"], 2),
             "parameters": count_parameters(point),
-            "train_seconds": round(json.loads(timing.read_text())["seconds"], 1) if timing.exists() else "",
+            "train_seconds": train_seconds(point),
             "tokens_per_s": round(sum(speeds) / len(speeds)) if speeds else "",
             "best_step": valids[-1].get("best_step", "") if valids else "",
         })
-    return sorted(rows, key=lambda r: r["test_bleu"], reverse=True)
+    # Ranked by the unrounded BLEU: rounded scores would tie.
+    ranked = sorted(zip(bleus, rows), key=lambda pair: pair[0], reverse=True)
+    return [row for _, row in ranked]
+
+
+def train_seconds(point: Point) -> float | str:
+    """Wall-clock seconds of the point's training over all its sessions (validation included),
+    as its last checkpoint counts them."""
+    from seq2seq.training import checkpoint as ckpt
+
+    steps = ckpt.step_checkpoints(point.output_dir)
+    return round(ckpt.load_checkpoint(steps[-1])["run_state"]["wall_seconds"], 1) if steps else ""
 
 
 def count_parameters(point: Point) -> int:

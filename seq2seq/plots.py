@@ -47,11 +47,14 @@ def attention_heatmap(
 def learning_curve(path: str | Path, records: Sequence[dict]) -> None:
     """Loss (training and validation) and validation BLEU against the training step.
 
-    ``records`` are the lines of metrics.jsonl: training lines carry ``step`` and
-    ``loss``, validation lines ``step``, ``valid_loss`` and ``valid_bleu``; other keys
-    are ignored.
+    ``records`` are the lines of metrics.jsonl: training lines carry ``step`` and ``nll``
+    (older runs: only ``loss``), validation lines ``step``, ``valid_loss`` and ``valid_bleu``;
+    other keys are ignored. Both curves are the plain NLL per target token: the training
+    ``loss`` includes label smoothing, which would draw validation below training.
     """
-    train_loss = _series(records, "loss")
+    train_loss = _series(records, "nll")
+    if not train_loss[0]:
+        train_loss = _series(records, "loss")
     valid_loss = _series(records, "valid_loss")
     valid_bleu = _series(records, "valid_bleu")
     with matplotlib.rc_context(STYLE):
@@ -59,7 +62,7 @@ def learning_curve(path: str | Path, records: Sequence[dict]) -> None:
         loss_ax, bleu_ax = fig.subplots(2, 1, sharex=True)
         loss_ax.plot(*train_loss, label="training", linewidth=1)
         loss_ax.plot(*valid_loss, "o-", label="validation")
-        loss_ax.set_ylabel("loss")
+        loss_ax.set_ylabel("NLL per target token")
         loss_ax.set_title("Learning curve")
         if train_loss[0] or valid_loss[0]:
             loss_ax.legend()
@@ -79,7 +82,7 @@ def bar_chart(
         fig = Figure(figsize=(max(4.0, 2.0 + 0.9 * len(labels)), 4.5), layout="constrained")
         ax = fig.add_subplot()
         bars = ax.bar(range(len(labels)), values, color="tab:blue")
-        ax.bar_label(bars, fmt="%.1f", padding=2)
+        ax.bar_label(bars, fmt="%.2f", padding=2)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_title(title)
         ax.set_ylabel(ylabel)

@@ -32,3 +32,12 @@ def test_switching_arch_builds_and_runs(config: Path, arch: str):
     if arch == "transformer":
         assert cfg.model.attention in ("scaled_dot", "local")
         assert any("ignored" in note for note in cfg.notes)
+
+
+def test_set_merges_a_mapping_into_its_section_and_reads_1e_minus_3_as_a_number():
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    base = load_config(demo)
+    cfg = load_config(demo, ["model={hidden_dim: 64}", "train.lr=1e-3"])
+    assert cfg.model.hidden_dim == 64
+    assert (cfg.model.attention, cfg.model.dropout) == (base.model.attention, base.model.dropout)  # kept
+    assert cfg.train.lr == 1e-3  # YAML 1.1 reads 1e-3 (no dot) as a string

@@ -125,6 +125,7 @@ CONFIG_CASES = {
         "model:\n  arch: transformer\n  positions: learned\n  max_positions: 100\n", [],
         ["model.max_positions", "100", "data.max_len=128"],
     ),
+    "string-read-as-a-boolean": ("data:\n  tgt_lang: no\n", [], ["data.tgt_lang", "bool", "quote"]),
     "same-languages": ("data:\n  src_lang: en\n  tgt_lang: en\n", [], ["data.tgt_lang"]),
     "set-without-equals": ("", ["foo"], ["--set 'foo'", "key.path=value"]),
     "set-empty-path-part": ("", ["model..x=1"], ["model..x=1", "key.path=value"]),

@@ -53,3 +53,104 @@ def test_an_interrupted_point_is_not_scored(tmp_path, tiny_corpus, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_sweep(sweep, log=lambda message: None)
     assert not (sweep.points[0].output_dir / REPORT).exists()
+
+
+def finished_summary(point) -> TrainSummary:
+    return TrainSummary(point.output_dir, 3, 3, 1.0, "bleu", "reached train.max_steps")
+
+
+def test_a_changed_point_loses_its_old_report_before_it_trains(tmp_path, tiny_corpus, monkeypatch):
+    """Otherwise a changed point interrupted mid-training (its new config.yaml already written)
+    counted as finished on the next run, with the old config's score."""
+    import seq2seq.training.trainer as trainer
+
+    (point,) = load_sweep(write_sweep(tmp_path, tiny_corpus, max_steps=3)).points
+    pretend_finished(point)
+    changed = load_sweep(write_sweep(tmp_path, tiny_corpus, max_steps=4))
+    interrupted = TrainSummary(point.output_dir, 3, 0, None, "bleu", "interrupted", interrupted=True)
+    monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(changed, log=lambda message: None)
+    assert not (point.output_dir / REPORT).exists()
+
+
+def test_points_are_scored_with_their_own_decode_settings(tmp_path, tiny_corpus, monkeypatch):
+    """A sweep over decode.* settings must decode with them, not with the checkpoint's."""
+    import seq2seq.evaluation.evaluate as evaluate
+    import seq2seq.experiment as experiment
+    import seq2seq.training.trainer as trainer
+
+    path = write_sweep(tmp_path, tiny_corpus, max_steps=3)
+    path.write_text(path.read_text().replace("model.attention: [dot]", "decode.beam_size: [2, 3]"))
+    sweep = load_sweep(path)
+    decoded = []
+
+    def translate_and_score(*args, decode, **kwargs):
+        decoded.append(decode.beam_size)
+        return {"bleu": 1, "chrf": 1}, None
+
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: finished_summary(sweep.points[0]))
+    monkeypatch.setattr(evaluate, "translate_and_score", translate_and_score)
+    monkeypatch.setattr(experiment, "write_leaderboard", lambda sweep: tmp_path / "leaderboard.md")
+    run_sweep(sweep, log=lambda message: None)
+    assert decoded == [2, 3]
+
+
+def test_a_failing_point_does_not_stop_the_others(tmp_path, tiny_corpus, monkeypatch):
+    import seq2seq.evaluation.evaluate as evaluate
+    import seq2seq.experiment as experiment
+    import seq2seq.training.trainer as trainer
+    from seq2seq.errors import UserError
+
+    path = write_sweep(tmp_path, tiny_corpus, max_steps=3)
+    path.write_text(path.read_text().replace("[dot]", "[dot, general]"))
+    sweep = load_sweep(path)
+
+    def train(cfg, **kwargs):
+        if cfg.model.attention == "dot":
+            raise UserError("data.train: corpus file not found")
+        return finished_summary(sweep.points[1])
+
+    evaluated, leaderboards, messages = [], [], []
+
+    def translate_and_score(checkpoint, *args, **kwargs):
+        evaluated.append(checkpoint)
+        return {"bleu": 1, "chrf": 1}, None
+
+    monkeypatch.setattr(trainer, "train", train)
+    monkeypatch.setattr(evaluate, "translate_and_score", translate_and_score)
+    monkeypatch.setattr(experiment, "write_leaderboard", lambda sweep: leaderboards.append(sweep) or tmp_path / "lb.md")
+    with pytest.raises(UserError, match=r"1 of 2 points failed \(attention-dot"):
+        run_sweep(sweep, log=messages.append)
+    assert evaluated == [sweep.points[1].output_dir] and leaderboards == [sweep]
+    assert any("attention-dot: error: data.train: corpus file not found" in m for m in messages)
+
+
+def test_a_point_resumes_only_when_its_model_and_data_are_unchanged(tmp_path, tiny_corpus):
+    from seq2seq.experiment import can_resume
+
+    (point,) = load_sweep(write_sweep(tmp_path, tiny_corpus, max_steps=3)).points
+    assert not can_resume(point)  # no checkpoints yet
+    pretend_finished(point)
+    (point.output_dir / "checkpoints").mkdir()
+    (point.output_dir / "checkpoints" / "step_00000003.pt").write_bytes(b"")
+    (longer,) = load_sweep(write_sweep(tmp_path, tiny_corpus, max_steps=6)).points
+    assert can_resume(longer)
+    bigger_path = write_sweep(tmp_path, tiny_corpus, max_steps=6)
+    bigger_path.write_text(bigger_path.read_text() + "  model.hidden_dim: [48]\n")
+    (bigger,) = load_sweep(bigger_path).points
+    bigger.config.output_dir = str(point.output_dir)
+    assert not can_resume(bigger)
+
+
+def test_points_whose_short_names_collide_get_full_key_names_and_reordered_twins_are_refused(tmp_path, tiny_corpus):
+    from seq2seq.errors import UserError
+
+    path = write_sweep(tmp_path, tiny_corpus, max_steps=3)
+    text = path.read_text().replace("grid:\n  model.attention: [dot]\n", "")
+    path.write_text(text + "points:\n  - {train.precision: bf16}\n  - {decode.precision: bf16}\n")
+    assert [p.name for p in load_sweep(path).points] == ["train.precision-bf16", "decode.precision-bf16"]
+    path.write_text(text + "points:\n  - {model.arch: gru, model.attention: dot}\n"
+                           "  - {model.attention: dot, model.arch: gru}\n")
+    with pytest.raises(UserError, match="two points have the same overrides"):
+        load_sweep(path)

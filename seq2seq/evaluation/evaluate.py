@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from seq2seq.config import DecodeConfig
 from seq2seq.data.corpus import count_text_lines, read_lines
 from seq2seq.decoding.loading import load_model
 from seq2seq.decoding.translator import TranslateSettings, Translator
@@ -38,12 +39,12 @@ def default_report_dir(checkpoint: Path) -> Path:
 def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int | None,
                         report_dir: Path | None, device: str = "cpu",
                         warn=lambda message: None, precision: str | None = None,
-                        workers: int = 1) -> tuple[dict[str, Any], Path]:
+                        workers: int = 1, decode: DecodeConfig | None = None) -> tuple[dict[str, Any], Path]:
     """Translate ``src``, score against ``refs``, write the report; returns (report, report_dir).
-    ``beam`` and ``precision`` default to the checkpoint's decode settings; ``workers``: decoding
-    processes (Translator)."""
+    Decoding follows ``decode`` (default: the checkpoint's decode settings), then ``beam`` and
+    ``precision`` where given; ``workers``: decoding processes (Translator)."""
     loaded = load_model(checkpoint, device)
-    settings = TranslateSettings.from_config(loaded.config.decode, workers=workers)
+    settings = TranslateSettings.from_config(decode or loaded.config.decode, workers=workers)
     if beam is not None:
         settings.beam_size = beam
     if precision is not None:
