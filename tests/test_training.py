@@ -368,3 +368,19 @@ def test_validation_leaves_out_pairs_that_learned_positions_cannot_read(tiny_cor
     assert max(valid.src_lengths.max(), valid.tgt_lengths.max()) >= 40  # the case this is about
     assert summary.steps == 1
     assert [r["valid_loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "valid_loss" in r]
+
+
+def test_live_status_line_is_ended_once_and_shows_no_speed_before_it_is_known():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    progress = trainer_module.Progress(max_steps=10, enabled=True, stream=terminal)
+    progress.tick(step=1, epoch=0, elapsed=1.0, steps_done=1)
+    assert "tok/s" not in terminal.getvalue()  # not "0 tok/s" before the first log line
+    progress.finish()  # e.g. max_minutes ran out between log lines
+    progress.finish()
+    assert terminal.getvalue().endswith("   \n") and terminal.getvalue().count("\n") == 1

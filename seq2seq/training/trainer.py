@@ -635,15 +635,25 @@ class Progress:
         self.tokens_per_s = 0.0
         # A log line first returns the cursor over the live status line it replaces.
         self.clear = "\r" if self.live else ""
+        self.status_shown = False  # a live status line is on screen, not yet replaced by a log line
 
     def tick(self, step: int, epoch: int, elapsed: float, steps_done: int, budget_left: float = math.inf) -> None:
         if not self.live:
             return
         eta = min(elapsed / max(steps_done, 1) * (self.max_steps - step), budget_left)
         bar = "#" * int(20 * step / self.max_steps)
+        speed = f"{self.tokens_per_s:,.0f} tok/s " if self.tokens_per_s else ""  # known from the first log line
         self.stream.write(f"\r[{bar:<20}] step {step}/{self.max_steps} ep {epoch + 1} "
-                          f"{self.tokens_per_s:,.0f} tok/s ETA {format_seconds(eta)}   ")
+                          f"{speed}ETA {format_seconds(eta)}   ")
         self.stream.flush()
+        self.status_shown = True
+
+    def finish(self) -> None:
+        """End the live status line, so that what is printed next starts on a line of its own."""
+        if self.status_shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.status_shown = False
 
     def line(self, r: dict[str, Any]) -> None:
         self.tokens_per_s = r["tokens_per_s"]
@@ -655,6 +665,7 @@ class Progress:
             f" | ppl {r['ppl']:.1f} | acc {r['accuracy']:.1%} | lr {r['lr']:.2e}"
             f" | {r['tokens_per_s']:,.0f} tgt tok/s{skipped}\n")
         self.stream.flush()
+        self.status_shown = False
 
     def validation(self, r: dict[str, Any], metric: str) -> None:
         if self.enabled:
@@ -663,6 +674,7 @@ class Progress:
                 f" | BLEU {r['valid_bleu']:.2f} | chrF {r['valid_chrf']:.2f}"
                 f" | best {metric} {r[f'best_{metric}']:.2f} @ {r['best_step']}\n")
             self.stream.flush()
+            self.status_shown = False
 
 
 def format_seconds(seconds: float) -> str:
@@ -727,6 +739,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
                     f"out of memory at step {trainer.state.step} with train.batch_tokens="
                     f"{cfg.train.batch_tokens}; lower train.batch_tokens (raise train.update_tokens to keep "
                     "the update size)") from None
+            finally:
+                progress.finish()  # before a summary or an error line
         if info.is_main:
             trainer.plot_curve()
             if trainer.tensorboard is not None:
