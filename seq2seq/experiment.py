@@ -107,8 +107,9 @@ def load_sweep(path: Path) -> Sweep:
             # Points that share a data section share one tokenization.
             cfg.data.prepared_dir = str(output_dir / f"data-{data_hash(cfg)}")
         points.append(Point(name, overrides, cfg))
-    if len(set(names)) != len(names):
-        raise UserError(f"{path}: two points get the same folder name ({', '.join(sorted(set(n for n in names if names.count(n) > 1)))}); "
+    twins = sorted({name for name in names if names.count(name) > 1})
+    if twins:
+        raise UserError(f"{path}: two points get the same folder name ({', '.join(twins)}); "
                         "make their values differ in more than punctuation")
     return Sweep(path, output_dir, points)
 
