@@ -21,7 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from seq2seq.errors import TrainingStopped, UserError
-from seq2seq.files import missing_folders, not_a_file, remove_empty_folders, removed_if_failed
+from seq2seq.files import make_folders, not_a_file, remove_empty_folders, removed_if_failed
 
 
 class Precision(str, Enum):
@@ -343,13 +343,10 @@ def make_output_dir(path: Path, option: str) -> list[Path]:
     """Create ``path``; return the folders created, for ``remove_empty_folders`` if the command fails."""
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path}: exists and is a file; choose a directory")
-    created = missing_folders(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        return make_folders(path)
     except OSError as exc:
-        remove_empty_folders(created)
         raise UserError(f"{option} {path}: cannot create it ({exc.strerror}); choose a writable directory") from None
-    return created
 
 
 class AtomicOutput:
@@ -362,9 +359,9 @@ class AtomicOutput:
             raise UserError(f"--output {path}: is a directory; give a file path")
         self.path = path
         self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        self.created = missing_folders(path.parent)
+        self.created: list[Path] = []
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self.created = make_folders(path.parent)
             self.file = open(self.tmp, "w", encoding="utf-8")
         except OSError as exc:
             remove_empty_folders(self.created)

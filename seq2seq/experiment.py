@@ -35,9 +35,10 @@ import yaml
 
 from seq2seq.config import Config, dump_config, load_config, read_yaml
 from seq2seq.errors import UserError
+from seq2seq.evaluation.report import REPORT_DIR
 
 SWEEP_KEYS = ("base", "output_dir", "set", "grid", "points")
-REPORT = "eval/report.json"
+REPORT = f"{REPORT_DIR}/report.json"  # what attn evaluate writes in a point's run folder
 
 
 @dataclass

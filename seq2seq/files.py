@@ -40,6 +40,19 @@ def missing_folders(path: Path) -> list[Path]:
     return missing
 
 
+def make_folders(path: Path) -> list[Path]:
+    """``path.mkdir(parents=True, exist_ok=True)`` that returns the folders it created, for
+    ``remove_empty_folders`` if the command fails later; if the mkdir itself fails, what it
+    created is removed and the OSError raised."""
+    created = missing_folders(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        remove_empty_folders(created)
+        raise
+    return created
+
+
 def remove_empty_folders(folders: list[Path]) -> None:
     """Remove ``folders`` (deepest first) while they are empty; stop at the first that is not."""
     for folder in folders:

@@ -37,7 +37,7 @@ from seq2seq.data.special import UNK_ID
 from seq2seq.data.store import ParallelDataset, StoreWriter
 from seq2seq.data.tokenizer import Tokenizer, train_tokenizer
 from seq2seq.errors import UserError
-from seq2seq.files import missing_folders, remove_empty_folders
+from seq2seq.files import make_folders, remove_empty_folders
 
 # Bump when the prepared layout changes, so folders built by an older attn are rebuilt.
 PREPARED_FORMAT = 1
@@ -275,9 +275,9 @@ def check_replaceable(out_dir: Path) -> None:
 @contextmanager
 def staging_dir(target: Path) -> Iterator[Path]:
     """A new folder next to ``target`` that replaces ``target`` if the block succeeds."""
-    created = missing_folders(target.parent)
+    created: list[Path] = []
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        created = make_folders(target.parent)
         # A sibling, not the system temp dir: renames are atomic only within one file system.
         staging = target.with_name(f".{target.name}.building-{uuid.uuid4().hex[:8]}")
         staging.mkdir()
