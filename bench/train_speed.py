@@ -1,7 +1,8 @@
 """Training throughput of one config: ``python -m bench.train_speed CONFIG --steps N --warmup W``.
 
 Runs the real training step (``Trainer``) on the config's data for W + N updates, times the
-last N, and prints one JSON object: target/source tokens per second, padding ratio, peak RSS
+last N (after one more update on the epoch's longest sentences, so that the peak memory is the
+epoch's), and prints one JSON object: target/source tokens per second, padding ratio, peak RSS
 of this process, and model FLOPs per target token with the utilisation they imply. Run as its
 own process so the peak RSS belongs to this config alone. ``--save PATH`` writes the weights
 reached, so the decoding benchmark has a model to decode with.
@@ -70,6 +71,13 @@ def main() -> None:
     trainer = Trainer(cfg, prepared, DistInfo(), torch.device("cpu"), log=lambda m: None)
     batches = update_batches(trainer.sampler, trainer.accumulation, trainer.state, None)
 
+    # Peak memory is set by the epoch's longest sentences, which the first 45 updates may not
+    # meet (the peers' RSS came from runs of a whole epoch): one untimed update on them first.
+    data = trainer.train_data
+    longest = sorted(trainer.sampler.batches(0),
+                     key=lambda b: int(np.maximum(data.src_lengths[b], data.tgt_lengths[b]).max()))
+    trainer.optimizer_step(longest[-trainer.accumulation:])
+
     tgt = src = padded = 0
     seconds = 0.0
     for step in range(args.warmup + args.steps):
@@ -82,7 +90,6 @@ def main() -> None:
             seconds += elapsed
             tgt += int(figures["tokens"])
             src += int(figures["src_tokens"])
-            data = trainer.train_data
             for indices in group:
                 padded += len(indices) * int(data.src_lengths[indices].max() + data.tgt_lengths[indices].max() + 2)
     lengths = prepared.dataset("train")

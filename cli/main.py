@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import signal
 import sys
 import threading
@@ -16,12 +17,15 @@ import zipfile
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from seq2seq.errors import TrainingStopped, UserError
+from seq2seq.errors import MainRankFailed, TrainingStopped, UserError
 from seq2seq.files import make_folders, not_a_file, remove_empty_folders, removed_if_failed
+
+if TYPE_CHECKING:
+    from seq2seq.config import ModelConfig
 
 
 class Precision(str, Enum):
@@ -69,10 +73,27 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
-    help="attn: train, run and compare attention-based neural machine translation models.\n\n"
-         "Stages: tokenize -> train -> translate -> evaluate.",
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs.")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from seq2seq import __version__
+
+        print(f"attn {__version__} (torch {importlib.metadata.version('torch')})")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                          help="Print attn's version and exit.")] = False,
+) -> None:
+    """attn: train, run and compare attention-based neural machine translation models.
+
+    Stages: tokenize -> train -> translate -> evaluate.
+    """
 app.add_typer(config_app, name="config")
 
 ConfigArg = Annotated[Path, typer.Argument(help="The run's YAML config.", show_default=False)]
@@ -99,6 +120,8 @@ def friendly_errors(command):
                 return command(*args, **kwargs)
         except UserError as exc:
             eprint(f"error: {exc}")
+            raise typer.Exit(2) from None
+        except MainRankFailed:  # rank 0 said why
             raise typer.Exit(2) from None
         except TrainingStopped as exc:
             eprint(f"error: {exc}")
@@ -185,9 +208,10 @@ def train(
 
     cfg = load(config, set_)
     summary = run_training(cfg, resume=resume, overwrite=overwrite, log=eprint, quiet=quiet)
-    best = (f"best valid {summary.metric} {summary.best_score:.2f} at step {summary.best_step}"
-            if summary.best_score is not None else "no validation ran")
-    eprint(f"done: {summary.steps} steps ({summary.stopped_because}); {best}; outputs in {summary.output_dir}")
+    if summary.is_main:  # (under torchrun only rank 0 validates, so only it can say)
+        best = (f"best valid {summary.metric} {summary.best_score:.2f} at step {summary.best_step}"
+                if summary.best_score is not None else "no validation ran")
+        eprint(f"done: {summary.steps} steps ({summary.stopped_because}); {best}; outputs in {summary.output_dir}")
     if summary.interrupted:  # so that `attn train ... && attn evaluate ...` stops here
         raise typer.Exit(130)
 
@@ -225,6 +249,16 @@ CheckpointOpt = Annotated[
 ]
 
 
+def check_attention_choice(layer: int, head: int | None, model: ModelConfig) -> None:
+    """--attention-layer and --attention-head must name a layer and a head the model has."""
+    if not -model.decoder_layers <= layer < model.decoder_layers:
+        raise UserError(f"--attention-layer {layer}: the model has {model.decoder_layers} decoder layers; "
+                        f"choose 0 to {model.decoder_layers - 1} (or -1 for the last)")
+    if head is not None and not 0 <= head < model.heads:
+        raise UserError(f"--attention-head {head}: the model has {model.heads} heads; choose 0 to {model.heads - 1}, "
+                        "or leave it out for their mean")
+
+
 @app.command()
 @friendly_errors
 def translate(
@@ -236,11 +270,11 @@ def translate(
     scores: Annotated[bool, typer.Option(help="Prefix each translation with its score: the log-probability of its "
                                               "pieces and EOS, divided by the length penalty (--sample: not divided).")] = False,
     alignments: Annotated[bool, typer.Option(help="Append hard alignments (source-target piece pairs, Pharaoh i-j).")] = False,
-    length_penalty: Annotated[Optional[float], typer.Option(min=0.0, help="GNMT length penalty alpha.")] = None,
-    max_len_a: Annotated[Optional[float], typer.Option(min=0.0, help="Max output length = a * source length + b.")] = None,
-    max_len_b: Annotated[Optional[int], typer.Option(min=0)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Decoder rows per batch: sentences x beam size.")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(help="fp32, or bf16 (faster on CPUs with AVX512-BF16/AMX and on GPUs).")] = None,
+    length_penalty: Annotated[Optional[float], typer.Option(min=0.0, help="GNMT length penalty alpha (default: the checkpoint's decode.length_penalty).")] = None,
+    max_len_a: Annotated[Optional[float], typer.Option(min=0.0, help="Max output length = a * source length + b (default: the checkpoint's decode.max_len_a).")] = None,
+    max_len_b: Annotated[Optional[int], typer.Option(min=0, help="See --max-len-a (default: the checkpoint's decode.max_len_b).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Decoder rows per batch: sentences x beam size (default: the checkpoint's decode.batch_size).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="fp32, or bf16 (faster on CPUs with AVX512-BF16/AMX and on GPUs; default: the checkpoint's decode.precision).")] = None,
     workers: WorkersOpt = 1,
     sample: Annotated[bool, typer.Option("--sample", help="Sample translations instead of beam search.")] = False,
     temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature.")] = 1.0,
@@ -262,6 +296,11 @@ def translate(
     from seq2seq.decoding.streaming import line_batches
     from seq2seq.decoding.translator import TranslateSettings, TranslationResult, Translator
 
+    sampling_options = {"--temperature": temperature != 1.0, "--top-k": top_k != 0, "--top-p": top_p != 1.0,
+                        "--seed": seed is not None}
+    if not sample and any(sampling_options.values()):
+        given = "/".join(name for name, set_ in sampling_options.items() if set_)
+        raise UserError(f"{given}: applies to sampling; add --sample, or drop it for beam search")
     if sample and temperature <= 0:
         raise UserError(f"--temperature {temperature}: must be above 0 (lower means closer to greedy)")
     if sample and top_p <= 0:
@@ -280,6 +319,8 @@ def translate(
         raise UserError(f"{option}: the model has no attention (model.attention: none), so there are no weights to "
                         f"{'align with' if alignments else 'plot'}; drop {option}")
     for m in getattr(model, "members", [model]):
+        if (attention_plots or alignments) and m.config.arch == "transformer":
+            check_attention_choice(attention_layer, attention_head, m.config)
         m.attention_layer, m.attention_head = attention_layer, attention_head
     decode = loaded.config.decode
     overrides = {"beam_size": beam, "length_penalty": length_penalty, "max_len_a": max_len_a,
@@ -412,6 +453,11 @@ def evaluate(
                                                      warn=lambda m: eprint(f"warning: {m}"),
                                                      precision=precision and precision.value, workers=workers)
         elif hyp is not None:
+            translating = {"--src": src is not None, "--beam": beam is not None, "--precision": precision is not None,
+                           "--workers": workers != 1, "--device": device != "cpu"}
+            if any(translating.values()):
+                given = "/".join(name for name, set_ in translating.items() if set_)
+                raise UserError(f"{given}: applies to --checkpoint (translating first); --hyp is scored as it is")
             references = [read_text_file(path, "--ref") for path in ref]
             hypotheses = read_text_file(hyp, "--hyp")
             metrics = score_corpus(hypotheses, references, hyps_file=str(hyp), refs_files=[str(p) for p in ref])

@@ -32,9 +32,9 @@ RNN_ATTENTIONS = ("additive", "dot", "general", "scaled_dot", "local_m", "local_
 ATTENTIONS = RNN_ATTENTIONS + ("local",)
 
 
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict:
-    """Field metadata: the allowed numeric range, checked at load time."""
-    return {"range": (lo, hi, lo_open)}
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> dict:
+    """Field metadata: the allowed numeric range, checked at load time (open ends excluded)."""
+    return {"range": (lo, hi, lo_open, hi_open)}
 
 
 @dataclass
@@ -73,12 +73,13 @@ class ModelConfig:
     attention: Literal[
         "additive", "dot", "general", "scaled_dot", "local_m", "local_p", "none", "local"
     ] = "additive"
-    # Shared by both families.
+    # Embedding size of the RNN models (the Transformer's is hidden_dim).
     embed_dim: int = field(default=256, metadata=_range(1))
+    # Shared by both families.
     hidden_dim: int = field(default=256, metadata=_range(1))
     encoder_layers: int = field(default=2, metadata=_range(1))
     decoder_layers: int = field(default=2, metadata=_range(1))
-    dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    dropout: float = field(default=0.1, metadata=_range(0.0, 1.0, hi_open=True))
     # Local attention: half-width D of the window (RNN local_m/local_p, Transformer band).
     window: int = field(default=8, metadata=_range(1))
     # Tie the decoder's input embedding to its output projection.
@@ -120,11 +121,11 @@ class TrainConfig:
     schedule: Literal["inverse_sqrt", "noam", "constant", "cosine", "plateau"] = "inverse_sqrt"
     warmup_steps: int = field(default=1000, metadata=_range(0))
     min_lr: float = field(default=0.0, metadata=_range(0.0))
-    plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True))
+    plateau_factor: float = field(default=0.5, metadata=_range(0.0, 1.0, lo_open=True, hi_open=True))
     plateau_patience: int = field(default=2, metadata=_range(0))
     clip_norm: float = field(default=0.0, metadata=_range(0.0))
-    label_smoothing: float = field(default=0.1, metadata=_range(0.0, 1.0))
-    seed: int = 42
+    label_smoothing: float = field(default=0.1, metadata=_range(0.0, 1.0, hi_open=True))
+    seed: int = field(default=42, metadata=_range(0, 2**32 - 1))
     log_every: int = field(default=50, metadata=_range(1))
     valid_every: int = field(default=500, metadata=_range(1))
     # Validation BLEU/chrF comes from greedy (beam 1) or beam translations of the valid set.
@@ -307,7 +308,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     for key in raw:
         if key not in fields:
-            raise UserError(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}")
+            raise UserError(f"{prefix}{key}: unknown key{_suggest(str(key), fields, prefix)}")
     values = {}
     for name, f in fields.items():
         if name in raw:
@@ -346,6 +347,10 @@ def _coerce(tp: Any, value: Any, key: str, metadata: Any) -> Any:
             raise UserError(f"{key}: expected true or false, got {_describe(value)}")
         return value
     if tp is int:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # 1e5: YAML 1.1 reads it as a string
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{key}: expected an integer, got {_describe(value)}")
         _check_range(key, value, metadata)
@@ -366,6 +371,8 @@ def _coerce(tp: Any, value: Any, key: str, metadata: Any) -> Any:
                             f"--set \"{key}='no'\" on the command line")
         if not isinstance(value, (str, int, float)):
             raise UserError(f"{key}: expected a string, got {_describe(value)}")
+        if not str(value).strip():  # an empty output_dir would be the current folder
+            raise UserError(f"{key}: is empty; give a value (or null where the key allows it)")
         return str(value)
     raise TypeError(f"unsupported config type {tp} for {key}")
 
@@ -376,16 +383,13 @@ _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def _check_range(key: str, value: float, metadata: Any) -> None:
     if "range" not in metadata:
         return
-    lo, hi, lo_open = metadata["range"]
+    lo, hi, lo_open, hi_open = metadata["range"]
     too_low = lo is not None and (value <= lo if lo_open else value < lo)
-    too_high = hi is not None and value > hi
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
     if too_low or too_high:
-        if lo is not None and hi is not None:
-            allowed = f"between {lo} and {hi}"
-        elif lo_open:
-            allowed = f"greater than {lo}"
-        else:
-            allowed = f"at least {lo}"
+        lower = None if lo is None else (f"above {lo}" if lo_open else f"at least {lo}")
+        upper = None if hi is None else (f"below {hi}" if hi_open else f"at most {hi}")
+        allowed = " and ".join(bound for bound in (lower, upper) if bound)
         raise UserError(f"{key}: {value} is out of range; it must be {allowed}")
 
 
@@ -397,7 +401,11 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _suggest(word: str, choices: Any) -> str:
+def _suggest(word: str, choices: Any, prefix: str = "") -> str:
+    """A hint for an unknown key: the same key in another section, else a close one in this section."""
+    elsewhere = [key for key in schema_keys() if key.rsplit(".", 1)[-1] == word and not key.startswith(prefix + word)]
+    if elsewhere:
+        return f"; did you mean '{elsewhere[0]}'?"
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     if close:
         return f"; did you mean '{close[0]}'?"
@@ -432,10 +440,6 @@ def _check_combinations(cfg: Config) -> None:
                 f"model.max_positions: {m.max_positions} learned positions cannot hold training pairs of "
                 f"data.max_len={cfg.data.max_len} pieces plus EOS; raise max_positions or lower data.max_len"
             )
-        if m.hidden_dim % m.heads:
-            raise UserError(
-                f"model.hidden_dim: {m.hidden_dim} must be divisible by model.heads ({m.heads})"
-            )
         cfg.notes.append(
             "the Transformer uses model.hidden_dim as d_model; RNN-only keys are ignored: "
             "embed_dim, bidirectional, decoder_style, input_feeding, local_score, bridge"
@@ -446,10 +450,13 @@ def _check_combinations(cfg: Config) -> None:
                 "model.attention local is the Transformer's sliding window; the RNN decoder uses local_m"
             )
             m.attention = "local_m"
-        cfg.notes.append(
-            "RNN models ignore the Transformer-only keys: heads, ffn_dim, norm, activation, "
-            "positions, max_positions"
-        )
+        ignored = ["heads", "ffn_dim", "norm", "activation", "positions", "max_positions"]
+        if m.decoder_style == "bahdanau":
+            ignored.append("input_feeding (Bahdanau's decoder feeds the context itself)")
+        if m.attention not in ("local_m", "local_p"):
+            ignored += ["window", "local_score (local_m/local_p only)"]
+        cfg.notes.append(f"this RNN model ignores: {', '.join(ignored)}")
+    check_architecture(m)
     if m.share_vocab and not cfg.data.tokenizer.joint:
         raise UserError(
             "model.share_vocab: true needs data.tokenizer.joint: true (one vocabulary for both "
@@ -460,10 +467,41 @@ def _check_combinations(cfg: Config) -> None:
             f"train.update_tokens: {cfg.train.update_tokens} is smaller than train.batch_tokens "
             f"({cfg.train.batch_tokens}); raise it or lower batch_tokens"
         )
+    t, d = cfg.train, cfg.decode
+    if t.batch_tokens < cfg.data.max_len + 1:
+        raise UserError(
+            f"train.batch_tokens: {t.batch_tokens} cannot hold a training pair of data.max_len={cfg.data.max_len} "
+            f"pieces plus EOS; raise it to at least {cfg.data.max_len + 1} or lower data.max_len"
+        )
+    if t.min_lr > t.lr:
+        raise UserError(f"train.min_lr: {t.min_lr} is above train.lr ({t.lr}); the floor must be below the peak")
+    if d.max_len_a == 0 and d.max_len_b == 0:
+        raise UserError("decode.max_len_b: with max_len_a 0 as well, every output would be empty; "
+                        "set max_len_b to at least 1")
     if cfg.train.precision == "fp16" and cfg.train.device == "cpu":
         raise UserError("train.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU")
     if cfg.data.src_lang == cfg.data.tgt_lang:
         raise UserError("data.tgt_lang: must differ from data.src_lang")
+
+
+def check_architecture(m: ModelConfig) -> None:
+    """The rules of each architecture, for a model section whose attention has been mapped to
+    its family (see _check_combinations)."""
+    if m.arch in RNN_ARCHS:
+        if m.attention not in RNN_ATTENTIONS:
+            raise UserError(f"model.attention: {m.attention!r} is not an RNN attention; "
+                            f"use one of {', '.join(RNN_ATTENTIONS)}")
+        if m.bidirectional and m.hidden_dim % 2:
+            raise UserError(f"model.hidden_dim: {m.hidden_dim} must be even with model.bidirectional: true "
+                            "(each direction gets half)")
+        if m.attention == "none" and not m.bridge:
+            raise UserError("model.bridge: false with model.attention: none leaves the decoder blind to the "
+                            "source; set model.bridge: true or choose an attention")
+    else:
+        if m.attention not in ("scaled_dot", "local"):
+            raise UserError(f"model.attention: {m.attention!r} is not a Transformer attention; use scaled_dot or local")
+        if m.hidden_dim % m.heads:
+            raise UserError(f"model.hidden_dim: {m.hidden_dim} must be divisible by model.heads ({m.heads})")
 
 
 def dump_config(cfg: Config) -> str:

@@ -71,6 +71,9 @@ class Sweep:
 
 def load_sweep(path: Path) -> Sweep:
     raw = read_yaml(path)
+    if "base" not in raw and {"data", "model", "train", "decode"} & set(raw):
+        raise UserError(f"{path}: a run config, not a sweep; train it with `attn train {path}`, or write a sweep "
+                        "(base + grid/points) that starts from it")
     for key in raw:
         if key not in SWEEP_KEYS:
             raise UserError(f"{path}: unknown key '{key}'; a sweep has {', '.join(SWEEP_KEYS)}")

@@ -15,6 +15,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from matplotlib.figure import Figure
 
+from seq2seq.files import replaced_atomically
+
 # Slightly larger than matplotlib's defaults, so figures stay readable in reports.
 STYLE = {"font.size": 11, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 10}
 DPI = 150
@@ -105,5 +107,7 @@ def _to_numpy(weights: ArrayLike) -> np.ndarray:
 
 def _save(fig: Figure, path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    # Atomically: the learning curve is redrawn at every validation, and a run killed while
+    # drawing keeps the last complete one.
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format=path.suffix.lstrip(".") or "png")

@@ -40,6 +40,7 @@ TINY_SETTINGS = [
     "model.decoder_layers=1",
     "train.batch_tokens=1500",
     "train.max_steps=2",
+    "train.warmup_steps=1",
     "train.valid_every=2",
     "train.valid_max_sentences=5",
     "train.threads=1",

@@ -102,15 +102,24 @@ CONFIG_CASES = {
     "bad-choice": ("model:\n  attention: bahdanau_x\n", [], ["model.attention", "'bahdanau_x'", "additive"]),
     "section-not-mapping": ("model: 5\n", [], ["model", "expected a mapping"]),
     "null-value": ("model:\n  hidden_dim:\n", [], ["model.hidden_dim", "required"]),
-    "negative-dropout": ("", ["model.dropout=-0.1"], ["model.dropout", "-0.1", "between 0.0 and 1.0"]),
+    "negative-dropout": ("", ["model.dropout=-0.1"], ["model.dropout", "-0.1", "at least 0.0 and below 1.0"]),
+    "dropout-of-1": ("", ["model.dropout=1"], ["model.dropout", "below 1.0"]),
+    "label-smoothing-of-1": ("", ["train.label_smoothing=1.0"], ["train.label_smoothing", "below 1.0"]),
+    "negative-seed": ("", ["train.seed=-1"], ["train.seed", "at least 0"]),
+    "min-lr-above-lr": ("", ["train.min_lr=0.1"], ["train.min_lr", "above train.lr"]),
+    "no-room-for-any-output": ("", ["decode.max_len_a=0", "decode.max_len_b=0"], ["decode.max_len_b", "at least 1"]),
+    "empty-output-dir": ("output_dir: ''\n", [], ["output_dir", "empty"]),
+    "batch-smaller-than-a-pair": ("", ["train.batch_tokens=64"], ["train.batch_tokens", "data.max_len=128"]),
+    "odd-hidden-for-two-directions": ("", ["model.hidden_dim=33"], ["model.hidden_dim", "even"]),
+    "key-of-another-section": ("", ["train.beam_size=3"], ["train.beam_size", "did you mean 'decode.beam_size'"]),
     "beam-size-0": ("decode:\n  beam_size: 0\n", [], ["decode.beam_size", "at least 1"]),
     "beam-size-0-set": ("", ["decode.beam_size=0"], ["decode.beam_size", "at least 1"]),
     "window-0": ("", ["model.window=0"], ["model.window", "at least 1"]),
-    "lr-0": ("", ["train.lr=0"], ["train.lr", "greater than 0"]),
+    "lr-0": ("", ["train.lr=0"], ["train.lr", "above 0"]),
     "lr-nan": ("", ["train.lr=.nan"], ["train.lr", "finite number"]),
     "length-penalty-inf": ("decode:\n  length_penalty: .inf\n", [], ["decode.length_penalty", "finite number"]),
     "beta-of-1": ("", ["train.betas=[0.9, 1.0]"], ["train.betas", "below 1"]),
-    "beta-above-1": ("", ["train.betas=[0.9, 1.5]"], ["train.betas[1]", "between 0.0 and 1.0"]),
+    "beta-above-1": ("", ["train.betas=[0.9, 1.5]"], ["train.betas[1]", "at most 1.0"]),
     "transformer-without-attention": (
         "model:\n  arch: transformer\n  attention: none\n", [], ["model.attention", "'none'", "transformer"],
     ),
@@ -138,6 +147,13 @@ CONFIG_CASES = {
     "top-level-list": ("- model\n- train\n", [], ["cfg.yaml", "top level must be a mapping"]),
     "top-level-scalar": ("just some text\n", [], ["cfg.yaml", "top level must be a mapping"]),
 }
+
+
+def test_whole_numbers_in_exponent_form_are_integers(tmp_path: Path) -> None:
+    (tmp_path / "cfg.yaml").write_text("train:\n  max_steps: 1e5\n", encoding="utf-8")
+    result = attn("config", "show", "cfg.yaml", "--set", "train.valid_every=2000.0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "max_steps: 100000\n" in result.stdout and "valid_every: 2000\n" in result.stdout
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=list(CONFIG_CASES))
@@ -170,7 +186,7 @@ def test_bad_config_leaves_existing_run_untouched(tmp_path: Path, run_dir: Path)
     out = copy_run(run_dir, tmp_path / "run")
     (tmp_path / "cfg.yaml").write_text(f"output_dir: {out}\nmodel:\n  dropout: 2\n", encoding="utf-8")
     before = snapshot(out)
-    assert_user_error(attn("train", "cfg.yaml", cwd=tmp_path), "model.dropout", "between 0.0 and 1.0")
+    assert_user_error(attn("train", "cfg.yaml", cwd=tmp_path), "model.dropout", "below 1.0")
     assert_unchanged(before, snapshot(out))
 
 
@@ -444,6 +460,39 @@ def test_output_that_is_an_input_is_refused(tmp_path: Path, ckpt: Path) -> None:
     assert_user_error(translate(mine, "-i", "in.es", "-o", "in.es", cwd=tmp_path), "--output in.es", "an input")
     assert_user_error(translate(mine, "-i", "in.es", "-o", "model.pt", cwd=tmp_path), "--output model.pt", "an input")
     assert_user_error(translate(mine, "-i", "in.es", "-o", "other.pt", cwd=tmp_path), "other.pt", "is a checkpoint")
+
+
+@pytest.mark.parametrize("option", [["--top-k", "5"], ["--temperature", "0.5"], ["--seed", "1"]])
+def test_sampling_settings_without_sample(tmp_path: Path, ckpt: Path, option: list[str]) -> None:
+    """They would change nothing: beam search does not sample."""
+    assert_user_error(translate(ckpt, *option, cwd=tmp_path, input="Hola.\n"), option[0], "add --sample")
+
+
+def test_translating_options_with_hypotheses_to_score(tmp_path: Path) -> None:
+    (tmp_path / "hyp.en").write_text("Hello.\n")
+    result = attn("evaluate", "--hyp", "hyp.en", "--ref", "hyp.en", "--beam", "5", cwd=tmp_path)
+    assert_user_error(result, "--beam", "applies to --checkpoint")
+
+
+def test_attention_layer_and_head_must_exist() -> None:
+    from cli.main import check_attention_choice
+    from seq2seq.config import ModelConfig
+    from seq2seq.errors import UserError
+
+    model = ModelConfig(arch="transformer", attention="scaled_dot", heads=2, decoder_layers=3)
+    for layer, head in [(0, 0), (2, 1), (-1, None), (-3, None)]:
+        check_attention_choice(layer, head, model)
+    for layer, head, option in [(3, None, "--attention-layer 3"), (-4, None, "--attention-layer -4"),
+                                (0, 2, "--attention-head 2"), (0, -1, "--attention-head -1")]:
+        with pytest.raises(UserError, match=option):
+            check_attention_choice(layer, head, model)
+
+
+def test_version(tmp_path: Path) -> None:
+    from seq2seq import __version__
+
+    result = attn("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(f"attn {__version__} ")
 
 
 @pytest.mark.parametrize("option", [["--temperature", "0"], ["--top-p", "0"]])
@@ -725,6 +774,10 @@ def test_sweep_with_an_empty_grid(tmp_path: Path, config: Path) -> None:
     result = attn("experiment", "sweep.yaml", "--dry-run", cwd=tmp_path)
     assert_user_error(result, "sweep.yaml", "grid")
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_run_config_given_to_experiment(tmp_path: Path, config: Path) -> None:
+    assert_user_error(attn("experiment", config, "--dry-run", cwd=tmp_path), "run.yaml", "a run config", "attn train")
 
 
 # ============================================================================ read-only locations

@@ -292,7 +292,7 @@ def test_padding_waste_counts_pad_tokens_of_both_sides() -> None:
 
 
 def test_prepare_encodes_every_split_and_round_trips_text(corpus: Path, tmp_path: Path) -> None:
-    cfg = make_config(corpus, tmp_path / "prepared", "data.max_len=10000", "data.max_len_ratio=100")
+    cfg = make_config(corpus, tmp_path / "prepared", "data.max_len=10000", "data.max_len_ratio=100", "train.batch_tokens=10001")
     prepared, messages = quiet_prepare(cfg)
     report = prepared.report
     assert {split: stats["pairs_read"] for split, stats in report["splits"].items()} == SPLIT_SIZES

@@ -11,7 +11,10 @@ that precondition first.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,13 +22,14 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from seq2seq.config import load_config
+from seq2seq.config import dump_config, load_config
 from seq2seq.data.batching import TokenBatchSampler
 from seq2seq.data.prepare import load_prepared
 from seq2seq.training import checkpoint as ckpt
 from seq2seq.training.trainer import RunState, Trainer, read_metrics, train, update_batches
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ROOT = Path(__file__).resolve().parents[1]
 
 BATCH_TOKENS = 2000  # 14 batches per epoch on the tiny corpus: 7 updates of 2
 INTERRUPT_AT = 8  # the update during which Ctrl-C arrives (in epoch 2)
@@ -161,6 +165,8 @@ def test_ddp_matches_one_process_and_stops_together(tiny_corpus, tmp_path, monke
     assert [p.name for p in ckpt.step_checkpoints(tmp_path / "ddp")] == [f"step_{INTERRUPT_AT:08d}.pt"]
     final = ckpt.load_checkpoint(ckpt.step_checkpoint_path(tmp_path / "ddp", INTERRUPT_AT))
     assert len(final["rng_ranks"]) == 2 and final["run_state"]["world_size"] == 2
+    single_final = ckpt.load_checkpoint(ckpt.step_checkpoint_path(tmp_path / "single", INTERRUPT_AT))
+    assert final["run_state"]["target_tokens"] == single_final["run_state"]["target_tokens"] > 0  # both ranks'
     assert all(torch.equal(final["model"][n], t) for n, t in params[0].items())
 
 
@@ -176,7 +182,7 @@ def plateau_worker(rank: int, port: int, overrides: list[str], record_dir: str) 
     torch.set_num_threads(1)
     from seq2seq.training import validation
 
-    validation.validate = lambda *args: {"valid_loss": 1.0, "valid_bleu": 1.0, "valid_chrf": 1.0}
+    validation.validate = lambda *args, **kwargs: {"valid_loss": 1.0, "valid_bleu": 1.0, "valid_chrf": 1.0}
     apply_update, rates = Trainer.apply_update, []
 
     def recording_apply_update(self, figures):
@@ -211,3 +217,27 @@ def test_ddp_ranks_decay_the_plateau_learning_rate_together(tiny_corpus, tmp_pat
     assert ranks[1]["rates"] == ranks[0]["rates"]
     for name, tensor in ranks[0]["params"].items():
         assert torch.equal(tensor, ranks[1]["params"][name]), name
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow
+def test_a_refusal_by_rank_0_stops_every_rank_with_one_error_line(tiny_corpus, tmp_path):
+    """Only rank 0 checks output_dir; the other ranks must not die in a collective with a
+    transport traceback (which torchrun would report as the root cause) or wait forever."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text(dump_config(tiny_corpus.config(out, *RUN)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+         "-m", "cli.main", "train", str(config)],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT), "GLOO_SOCKET_IFNAME": "lo"},
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.count("error: output_dir") == 1, proc.stderr
+    assert "Connection" not in proc.stderr and "cli/main.py" not in proc.stderr, proc.stderr
+    assert re.search(r"exitcode\s*: 2", proc.stderr), proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]

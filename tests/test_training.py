@@ -294,6 +294,48 @@ def test_max_minutes_stops_after_the_update_that_crosses_the_budget(tiny_corpus,
     assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 4))["run_state"]["wall_seconds"] == 120.0
 
 
+def test_a_run_ended_by_max_epochs_validates_its_final_model(tiny_corpus, tmp_path):
+    """Otherwise the steps after the last validation are never scored, and a run shorter than
+    train.valid_every has no best.pt at all."""
+    out = tmp_path / "run"
+    cfg = tiny_corpus.config(out, "train.max_steps=1000", "train.max_epochs=1", "train.valid_every=1000",
+                             "train.batch_tokens=4000", "train.valid_max_sentences=8")
+    summary = train(cfg, log=lambda m: None, quiet=True)
+    assert "train.max_epochs" in summary.stopped_because and 0 < summary.steps < 1000
+    validations = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "valid_loss" in r]
+    assert validations == [summary.steps] and summary.best_step == summary.steps
+    assert ckpt.load_checkpoint(ckpt.checkpoint_dir(out) / ckpt.BEST_NAME)["run_state"]["step"] == summary.steps
+
+
+def test_ctrl_c_during_a_validation_abandons_it_and_saves(tiny_corpus, tmp_path, monkeypatch):
+    """The checkpoint must not wait for a long validation (torchrun kills workers 30 s after
+    forwarding a signal). The abandoned validation counts for nothing."""
+    from seq2seq.decoding.translator import Translator
+    from seq2seq.training import validation
+
+    monkeypatch.setattr(validation, "ABANDON_CHECK_SENTENCES", 4)
+    init, translate, trainers, chunks = Trainer.__init__, Translator.translate, [], []
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        trainers.append(self)
+
+    def translate_then_ctrl_c(self, lines, first_line=1):
+        chunks.append(first_line)
+        trainers[0].interrupted = True  # what the signal handler does
+        return translate(self, lines, first_line)
+
+    monkeypatch.setattr(Trainer, "__init__", recording_init)
+    monkeypatch.setattr(Translator, "translate", translate_then_ctrl_c)
+    out = tmp_path / "run"
+    cfg = tiny_corpus.config(out, "train.max_steps=50", "train.valid_every=2", "train.valid_max_sentences=12")
+    summary = train(cfg, log=lambda m: None, quiet=True)
+    assert chunks == [1]  # one chunk of 4 sentences translated, then abandoned
+    assert summary.steps == 2 and summary.interrupted and summary.best_score is None
+    assert not any("valid_loss" in r for r in read_metrics(out / "metrics.jsonl"))
+    assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 2))["run_state"]["validations_without_improvement"] == 0
+
+
 # ----------------------------------------------------------------------------- a short run
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from seq2seq.config import RNN_ARCHS, RNN_ATTENTIONS, ModelConfig
+from seq2seq.config import ModelConfig, check_architecture
 from seq2seq.errors import UserError
 from seq2seq.models.rnn import RNNSeq2Seq
 from seq2seq.models.transformer import Transformer
@@ -25,38 +25,14 @@ def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> n
 
 
 def check_model_config(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
-    """Rules that need the vocabulary sizes, or that config loading cannot see."""
+    """The architecture's rules (config loading checks them too, but a ModelConfig can be built
+    in code), and those that need the vocabulary sizes."""
     if cfg.share_vocab and src_vocab_size != tgt_vocab_size:
         raise UserError(
             f"model.share_vocab: the source and target vocabularies differ ({src_vocab_size} vs "
             f"{tgt_vocab_size} pieces); set data.tokenizer.joint: true or model.share_vocab: false"
         )
-    if cfg.arch in RNN_ARCHS:
-        if cfg.attention not in RNN_ATTENTIONS:
-            raise UserError(
-                f"model.attention: {cfg.attention!r} is not an RNN attention; "
-                f"use one of {', '.join(RNN_ATTENTIONS)}"
-            )
-        if cfg.bidirectional and cfg.hidden_dim % 2:
-            raise UserError(
-                f"model.hidden_dim: {cfg.hidden_dim} must be even with model.bidirectional: true "
-                "(each direction gets half)"
-            )
-        if cfg.attention == "none" and not cfg.bridge:
-            raise UserError(
-                "model.bridge: false with model.attention: none leaves the decoder blind to the "
-                "source; set model.bridge: true or choose an attention"
-            )
-    elif cfg.arch == "transformer":
-        if cfg.attention not in ("scaled_dot", "local"):
-            raise UserError(
-                f"model.attention: {cfg.attention!r} is not a Transformer attention; "
-                "use scaled_dot or local"
-            )
-        if cfg.hidden_dim % cfg.heads:
-            raise UserError(
-                f"model.hidden_dim: {cfg.hidden_dim} must be divisible by model.heads ({cfg.heads})"
-            )
+    check_architecture(cfg)
 
 
 def init_parameters(model: nn.Module) -> None:

@@ -35,11 +35,17 @@ def dropout_noise(shape: torch.Size | tuple[int, ...], p: float, device: torch.d
     return noise.mul_(_LEVELS / (_LEVELS - drop_levels))
 
 
+def _fast_path(x: Tensor, p: float) -> bool:
+    """Whether the fast noise applies: float CPU tensors, and not inside torch.compile, whose
+    graph breaks at random_ (F.dropout it compiles into the graph)."""
+    return x.device.type == "cpu" and p < 1.0 and x.is_floating_point() and not torch.compiler.is_compiling()
+
+
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """``F.dropout(x, p, training)``, with the fast noise on the CPU (see the module docstring)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
+    if not _fast_path(x, p):
         return F.dropout(x, p, training)
     return x * dropout_noise(x.shape, p, x.device, x.dtype)
 
@@ -57,7 +63,7 @@ def relu_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         # encoder of a 320-sentence batch that is 52 MB, which glibc maps afresh (above its
         # 32 MB ceiling for reuse): 13 ms to first-touch, most of a product's 16 ms.
         return torch.relu(x) if torch.is_grad_enabled() and x.requires_grad else x.relu_()
-    if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
+    if not _fast_path(x, p):
         return F.dropout(torch.relu(x), p, training)
     return _ReluDropout.apply(x, p)
 

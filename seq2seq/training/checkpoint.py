@@ -175,8 +175,9 @@ def prune_step_checkpoints(output_dir: str | Path, keep_last: int) -> None:
 # ----------------------------------------------------------------- RNG state
 
 
-def rng_state() -> dict[str, Any]:
-    """All RNG states as tensors and plain data, so weights_only loading accepts them."""
+def rng_state(device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+    """The RNG states training draws from (the CPU's, and the GPU's it trains on), as tensors
+    and plain data, so weights_only loading accepts them."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -184,19 +185,24 @@ def rng_state() -> dict[str, Any]:
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
                   "has_gauss": has_gauss, "cached": cached},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        # This GPU's only: a resume may see another number of GPUs.
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        cuda = state["cuda"]
+        if isinstance(cuda, list):  # an older checkpoint: one state per GPU it could see
+            cuda = cuda[device.index] if device.index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
 def bytes_to_tensor(data: bytes) -> torch.Tensor:

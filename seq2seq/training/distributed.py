@@ -1,16 +1,25 @@
 """Thin helpers over torch.distributed, for runs launched with ``torchrun``.
 
 attn never launches processes itself: ``torchrun --nproc_per_node N -m cli.main train ...``
-sets RANK/WORLD_SIZE/LOCAL_RANK and we join that group (NCCL on GPUs, gloo on CPU).
+sets RANK/WORLD_SIZE/LOCAL_RANK and we join that group (NCCL for a run on GPUs, gloo on CPU).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from seq2seq.errors import MainRankFailed, UserError
+
+# How long a rank waits in a collective. The others wait for rank 0 while it validates (and
+# while it tokenizes, the first time): NCCL's default of 10 minutes would abort a run whose
+# validation set takes longer to decode. A corpus that takes longer to tokenize than this is
+# tokenized first with `attn tokenize` (see the README).
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -28,23 +37,38 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group torchrun describes; a plain single process otherwise."""
+def dist_info() -> DistInfo:
+    """This process's place in the group torchrun describes; a plain single process otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
-    return info
+    return DistInfo(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def barrier(info: DistInfo) -> None:
+def join_group(info: DistInfo, device: torch.device) -> None:
+    """Join the process group with the backend of the device training runs on: NCCL takes
+    only GPU tensors, so a run with train.device=cpu on a machine with GPUs uses gloo."""
+    if not info.enabled or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
+
+
+def stop_all_if_main_failed(error: UserError | None, info: DistInfo) -> None:
+    """Rank 0's start-up error (``error``, None when it has none) stops every rank.
+
+    Only rank 0 checks the output folder and prepares the data. Without this the others
+    would die in the next collective with a transport traceback, which torchrun then reports
+    as the root cause. Also a barrier: no rank goes on before rank 0 is ready.
+    """
     if info.enabled:
-        dist.barrier()
+        message = [str(error) if error is not None else None]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] is not None and not info.is_main:
+            raise MainRankFailed(message[0])
+    if error is not None:
+        raise error
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:

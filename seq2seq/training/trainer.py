@@ -46,8 +46,8 @@ from seq2seq.files import missing_folders, remove_empty_folders, write_text_atom
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
-from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, barrier, broadcast_from_main,
-                                          cleanup, init_distributed)
+from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, broadcast_from_main,
+                                          cleanup, dist_info, join_group, stop_all_if_main_failed)
 from seq2seq.training.loss import projected_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
 
@@ -70,7 +70,7 @@ class RunState:
     validations_without_improvement: int = 0
     train_seconds: float = 0.0
     wall_seconds: float = 0.0  # wall clock of the run so far, validation included (train.max_minutes)
-    target_tokens: int = 0
+    target_tokens: int = 0  # of every rank, up to the last checkpoint
 
 
 @dataclass
@@ -82,6 +82,7 @@ class TrainSummary:
     metric: str
     stopped_because: str
     interrupted: bool = False  # Ctrl-C/SIGTERM: saved, but not finished
+    is_main: bool = True  # rank 0 (or a single process): the one that validated
 
 
 # ------------------------------------------------------------------------- set-up
@@ -209,7 +210,11 @@ class Trainer:
         if info.enabled:
             self.ddp = self.forward_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.train.compile:
+        if cfg.train.compile and (device.type != "cuda" or not cfg.is_transformer):
+            # Dynamo does not trace nn.RNN/GRU/LSTM (and would recompile for every batch length);
+            # on the CPU, inductor stops with an assertion in its oneDNN lowering (torch 2.13).
+            log("warning: train.compile applies to a Transformer on a GPU; this run is not compiled")
+        elif cfg.train.compile:
             self.forward_model = torch.compile(self.forward_model, dynamic=True)
         self.optimizer = build_optimizer(self.model, cfg, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
@@ -222,14 +227,19 @@ class Trainer:
         self.accumulation = accumulation_steps(cfg, info.world_size)
         if (warning := uneven_update_warning(cfg, info.world_size)) is not None:
             log(f"warning: {warning}")
+        if cfg.train.warmup_steps >= cfg.train.max_steps:
+            log(f"warning: train.warmup_steps ({cfg.train.warmup_steps}) is not below train.max_steps "
+                f"({cfg.train.max_steps}): the learning rate never reaches train.lr")
         # Device-side counters: read only at log time, so the step never waits on the device.
         self.bad_run = torch.zeros((), device=device)
         self.skipped = torch.zeros((), device=device)
+        self.tokens_since_save = torch.zeros((), dtype=torch.float64, device=device)  # all ranks' targets
         self.skipped_logged = 0
         self.interrupted = False  # set by the Ctrl-C/SIGTERM handler
         self.wall_start, self.wall_before = time.perf_counter(), 0.0  # see wall_seconds
         self.tensorboard = None  # a SummaryWriter, opened by train() once the output folder is ready
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
+        self.validated_step = -1
         self.pending_interrupt: tuple[torch.Tensor, Any] | None = None  # DDP on GPU: see stop_requested
 
     # --- checkpoints ------------------------------------------------------------
@@ -254,8 +264,10 @@ class Trainer:
 
     def save(self, best: bool = False) -> None:
         """Write the step checkpoint (and best.pt); every rank calls it, rank 0 writes."""
-        rng_states = all_gather_objects(ckpt.rng_state(), self.info)
+        rng_states = all_gather_objects(ckpt.rng_state(self.device), self.info)
         self.saved_step = self.state.step
+        self.state.target_tokens += int(self.tokens_since_save)
+        self.tokens_since_save.zero_()
         if not self.info.is_main:
             return
         payload = self.checkpoint_payload(rng_states)
@@ -298,7 +310,7 @@ class Trainer:
                      f"{world_size}: the data position and dropout noise continue approximately")
             self.state.batch_in_epoch = self.state.batch_in_epoch * self.state.world_size // world_size
             self.state.world_size = world_size
-        ckpt.set_rng_state(rng_states[self.info.rank] if len(rng_states) == world_size else rng_states[0])
+        ckpt.set_rng_state(rng_states[self.info.rank] if len(rng_states) == world_size else rng_states[0], self.device)
         self.saved_step = self.state.step
         if self.info.is_main:
             trim_metrics(self.out / METRICS_FILE, self.state.step)
@@ -355,7 +367,7 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         torch._foreach_mul_(grads, self.info.world_size / figures["tokens"].clamp(min=1))
-        self.state.target_tokens += tgt_tokens
+        self.tokens_since_save += figures["tokens"]
         return figures
 
     def apply_update(self, figures: dict[str, Any]) -> dict[str, Any]:
@@ -451,6 +463,9 @@ class Trainer:
             group = next(batches, None)
             if group is None:
                 stopped_because = f"reached train.max_epochs ({cfg.train.max_epochs})"
+                if self.state.step and self.validated_step != self.state.step:  # the final model's score
+                    improved, _ = self.validate_and_track(metric, progress)
+                    self.save(best=improved)
                 break
             t0 = time.perf_counter()
             figures = self.optimizer_step(group)
@@ -496,37 +511,46 @@ class Trainer:
         if self.state.step and self.saved_step != self.state.step:
             self.save()
         return TrainSummary(self.out, self.state.step, self.state.best_step, self.state.best_score,
-                            metric, stopped_because, interrupted=self.interrupted)
+                            metric, stopped_because, interrupted=self.interrupted, is_main=self.info.is_main)
 
     def validate_and_track(self, metric: str, progress: "Progress") -> tuple[bool, bool]:
         """Validate on rank 0, log it, and decide (for every rank) whether this is the best so far."""
         improved = False
+        self.validated_step = self.state.step
         if self.info.is_main:
             from seq2seq.training.validation import validate
 
-            result = validate(self.model, self.prepared, self.cfg, self.device)
-            score = {"bleu": result["valid_bleu"], "chrf": result["valid_chrf"], "loss": result["valid_loss"]}[metric]
-            higher_is_better = metric != "loss"
-            best = self.state.best_score
-            improved = best is None or (score > best if higher_is_better else score < best)
-            if improved:
-                self.state.best_score, self.state.best_step = score, self.state.step
-                self.state.validations_without_improvement = 0
+            result = validate(self.model, self.prepared, self.cfg, self.device, abandon=lambda: self.interrupted)
+            if result is None:
+                self.log(f"validation at step {self.state.step} abandoned: stopping")
             else:
-                self.state.validations_without_improvement += 1
-            if self.cfg.train.schedule == "plateau":
-                self.plateau.update(score, higher_is_better)
-            record = {"step": self.state.step, **result, "best_step": self.state.best_step,
-                      f"best_{metric}": self.state.best_score}
-            self.write_metrics(record)
-            progress.validation(record, metric)
-            self.plot_curve()
+                improved = self.track(result, metric, progress)
         patience = self.cfg.train.patience
         stop = patience is not None and self.state.validations_without_improvement >= patience
         # Only rank 0 validated: every rank takes its decisions and its plateau scale.
         improved, stop, self.plateau.scale = broadcast_from_main(
             [improved, stop, self.plateau.scale], self.info, self.device)
         return bool(improved), bool(stop)
+
+    def track(self, result: dict[str, float], metric: str, progress: "Progress") -> bool:
+        """Record a validation's figures (metrics, progress, plot, plateau); whether it is the best."""
+        score = {"bleu": result["valid_bleu"], "chrf": result["valid_chrf"], "loss": result["valid_loss"]}[metric]
+        higher_is_better = metric != "loss"
+        best = self.state.best_score
+        improved = best is None or (score > best if higher_is_better else score < best)
+        if improved:
+            self.state.best_score, self.state.best_step = score, self.state.step
+            self.state.validations_without_improvement = 0
+        else:
+            self.state.validations_without_improvement += 1
+        if self.cfg.train.schedule == "plateau":
+            self.plateau.update(score, higher_is_better)
+        record = {"step": self.state.step, **result, "best_step": self.state.best_step,
+                  f"best_{metric}": self.state.best_score}
+        self.write_metrics(record)
+        progress.validation(record, metric)
+        self.plot_curve()
+        return improved
 
     def write_metrics(self, record: dict[str, Any]) -> None:
         if not self.info.is_main:
@@ -690,24 +714,29 @@ def format_seconds(seconds: float) -> str:
 def train(cfg: Config, resume: bool = False, overwrite: bool = False,
           log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), quiet: bool = False) -> TrainSummary:
     """Run (or continue) the training described by ``cfg``; returns where it ended."""
-    info = init_distributed()
+    info = dist_info()
     # A run refused before it wrote anything leaves no empty output_dir behind it.
     created = missing_folders(Path(cfg.output_dir)) if info.is_main else []
     try:
         device = pick_device(cfg, info)
+        join_group(info, device)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         main_log = log if info.is_main else (lambda m: None)
+        refused = None
         if info.is_main:
-            writer = tensorboard_writer(cfg)
-            out = check_output_dir(cfg, resume, overwrite)
-            keep_built = ("--resume goes on with the data the run was trained on: restore its config and "
-                          "corpus, or start over with --overwrite") if resume else None
-            prepared = prepare_data(cfg, log=main_log, keep_built=keep_built)
-        barrier(info)
+            try:
+                writer = tensorboard_writer(cfg)
+                out = check_output_dir(cfg, resume, overwrite)
+                keep_built = ("--resume goes on with the data the run was trained on: restore its config and "
+                              "corpus, or start over with --overwrite") if resume else None
+                prepared = prepare_data(cfg, log=main_log, keep_built=keep_built)
+            except UserError as exc:
+                refused = exc
+        stop_all_if_main_failed(refused, info)
         if not info.is_main:
             prepared = prepare_data(cfg, log=main_log)  # up to date now: only loads
         seed_everything(cfg.train.seed)
@@ -753,15 +782,29 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
         cleanup(info)
 
 
+# A second signal within this many seconds of the first is taken for a copy of it.
+REPEATED_SIGNAL_SECONDS = 1.0
+
+
 @contextlib.contextmanager
 def interrupt_handler(trainer: Trainer) -> Iterator[None]:
-    """First Ctrl-C/SIGTERM: finish the current step, save, stop. A second one: stop now."""
+    """First Ctrl-C/SIGTERM: finish the current step, save, stop. A second Ctrl-C: stop now.
+
+    Only a Ctrl-C that comes a moment after the first aborts. A repeated SIGTERM, or a
+    signal that arrives twice at once, is the same request: torchrun forwards to its workers
+    what it receives, so a signal sent to the whole job (a cancelled SLURM job) reaches each
+    worker twice within milliseconds, and aborting then would lose the checkpoint.
+    """
+    first_at: float | None = None
 
     def handle(signum, frame):
-        if trainer.interrupted:
+        nonlocal first_at
+        if first_at is None:
+            first_at = time.monotonic()
+            trainer.interrupted = True
+            trainer.log("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort")
+        elif signum == signal.SIGINT and time.monotonic() - first_at > REPEATED_SIGNAL_SECONDS:
             raise KeyboardInterrupt
-        trainer.interrupted = True
-        trainer.log("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort")
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

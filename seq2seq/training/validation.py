@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -48,7 +49,14 @@ def validation_loss(model: nn.Module, prepared: PreparedData, batch_tokens: int,
     return float(nll) / max(tokens, 1), tokens
 
 
-def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torch.device) -> dict[str, float]:
+# Sentences translated between two looks at ``abandon`` (a few seconds' work on a CPU).
+ABANDON_CHECK_SENTENCES = 1000
+
+
+def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torch.device,
+             abandon: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
+    """Loss, perplexity, BLEU and chrF on the valid split; None if ``abandon()`` turned true
+    on the way (Ctrl-C: the checkpoint is not kept waiting for a long validation)."""
     start = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -61,7 +69,12 @@ def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torc
         tok = prepared.tokenizer
         settings = dataclasses.replace(TranslateSettings.from_config(cfg.decode), beam_size=cfg.train.valid_beam_size)
         translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda message: None)
-        hypotheses = [best[0].text for best in translator.translate(sources)]
+        hypotheses: list[str] = []
+        for first in range(0, len(sources), ABANDON_CHECK_SENTENCES):
+            if abandon():
+                return None
+            chunk = sources[first:first + ABANDON_CHECK_SENTENCES]
+            hypotheses += [best[0].text for best in translator.translate(chunk, first_line=first + 1)]
         scores = score_corpus(hypotheses, [references], hyps_file="valid translations", refs_files=[str(ref_path)])
     finally:
         model.train(was_training)
