@@ -96,7 +96,7 @@ def main() -> None:
         a, b = small[stage], large[stage]
         growth = b["peak_rss_mib"] - a["peak_rss_mib"]
         print(f"{stage:8s} peak RSS {a['peak_rss_mib']:,.0f} MiB at {small['pairs']:,} pairs, "
-              f"{b['peak_rss_mib']:,.0f} MiB at {large['pairs']:,} (+{growth:,.0f} MiB; target: under {TARGET_MIB:,}); "
+              f"{b['peak_rss_mib']:,.0f} MiB at {large['pairs']:,} ({growth:+,.0f} MiB; target: under {TARGET_MIB:,}); "
               f"whole command {a['seconds']:.0f} s / {b['seconds']:.0f} s")
     print(f"tokenize throughput at {large['pairs']:,} pairs: {large['tokenize']['pairs_per_s']:,.0f} pairs/s "
           f"({args.steps} training steps per train command)")

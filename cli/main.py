@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from seq2seq.errors import MainRankFailed, TrainingStopped, UserError
-from seq2seq.files import make_folders, not_a_file, remove_empty_folders, removed_if_failed
+from seq2seq.files import make_folders, not_a_file, remove_empty_folders, removed_if_failed, temp_path
 
 if TYPE_CHECKING:
     from seq2seq.config import ModelConfig
@@ -249,6 +249,14 @@ CheckpointOpt = Annotated[
 ]
 
 
+def refuse_options(given: dict[str, bool], reason: str) -> None:
+    """One error naming the options of ``given`` that were set (True), if any; ``reason`` says why
+    they do not apply here."""
+    names = [name for name, is_set in given.items() if is_set]
+    if names:
+        raise UserError(f"{'/'.join(names)}: {reason}")
+
+
 def check_attention_choice(layer: int, head: int | None, model: ModelConfig) -> None:
     """--attention-layer and --attention-head must name a layer and a head the model has."""
     if not -model.decoder_layers <= layer < model.decoder_layers:
@@ -296,11 +304,9 @@ def translate(
     from seq2seq.decoding.streaming import line_batches
     from seq2seq.decoding.translator import TranslateSettings, TranslationResult, Translator
 
-    sampling_options = {"--temperature": temperature != 1.0, "--top-k": top_k != 0, "--top-p": top_p != 1.0,
-                        "--seed": seed is not None}
-    if not sample and any(sampling_options.values()):
-        given = "/".join(name for name, set_ in sampling_options.items() if set_)
-        raise UserError(f"{given}: applies to sampling; add --sample, or drop it for beam search")
+    if not sample:
+        refuse_options({"--temperature": temperature != 1.0, "--top-k": top_k != 0, "--top-p": top_p != 1.0,
+                        "--seed": seed is not None}, "applies to sampling; add --sample, or drop it for beam search")
     if sample and temperature <= 0:
         raise UserError(f"--temperature {temperature}: must be above 0 (lower means closer to greedy)")
     if sample and top_p <= 0:
@@ -394,12 +400,10 @@ class AtomicOutput:
     """Write to a temp file beside the target; replace the target only when all went well."""
 
     def __init__(self, path: Path) -> None:
-        import os
-
         if path.is_dir():
             raise UserError(f"--output {path}: is a directory; give a file path")
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        self.tmp = temp_path(path)
         self.created: list[Path] = []
         try:
             self.created = make_folders(path.parent)
@@ -453,11 +457,9 @@ def evaluate(
                                                      warn=lambda m: eprint(f"warning: {m}"),
                                                      precision=precision and precision.value, workers=workers)
         elif hyp is not None:
-            translating = {"--src": src is not None, "--beam": beam is not None, "--precision": precision is not None,
-                           "--workers": workers != 1, "--device": device != "cpu"}
-            if any(translating.values()):
-                given = "/".join(name for name, set_ in translating.items() if set_)
-                raise UserError(f"{given}: applies to --checkpoint (translating first); --hyp is scored as it is")
+            refuse_options({"--src": src is not None, "--beam": beam is not None, "--precision": precision is not None,
+                            "--workers": workers != 1, "--device": device != "cpu"},
+                           "applies to --checkpoint (translating first); --hyp is scored as it is")
             references = [read_text_file(path, "--ref") for path in ref]
             hypotheses = read_text_file(hyp, "--hyp")
             metrics = score_corpus(hypotheses, references, hyps_file=str(hyp), refs_files=[str(p) for p in ref])

@@ -9,13 +9,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def temp_path(path: Path) -> Path:
+    """Where ``path`` is written before it is renamed into place: beside it (a rename is atomic
+    only within one file system), hidden, and named by this process."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to, renamed over ``path`` when the block ends
     well and deleted when it does not: an interruption leaves the old file or the new one,
     never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)

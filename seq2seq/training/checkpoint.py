@@ -27,6 +27,7 @@ import torch
 
 from seq2seq import CHECKPOINT_FORMAT, __version__
 from seq2seq.errors import UserError
+from seq2seq.files import replaced_atomically
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_NAME = "best.pt"
@@ -35,17 +36,14 @@ _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _test_pause()
-        os.replace(tmp, path)
+        with replaced_atomically(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            _test_pause()
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(
             f"{path}: could not write the checkpoint ({exc.strerror or exc}); free disk space or "
             "choose another output_dir — the previous checkpoint is untouched"

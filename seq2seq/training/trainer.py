@@ -42,7 +42,7 @@ from seq2seq.data.prepare import PreparedData, prepare_data
 from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
 from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV
-from seq2seq.files import missing_folders, remove_empty_folders, write_text_atomic
+from seq2seq.files import missing_folders, removed_if_failed, write_text_atomic
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
@@ -718,68 +718,72 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
     # A run refused before it wrote anything leaves no empty output_dir behind it.
     created = missing_folders(Path(cfg.output_dir)) if info.is_main else []
     try:
-        device = pick_device(cfg, info)
-        join_group(info, device)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
-        if device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        main_log = log if info.is_main else (lambda m: None)
-        refused = None
-        if info.is_main:
-            try:
-                writer = tensorboard_writer(cfg)
-                out = check_output_dir(cfg, resume, overwrite)
-                keep_built = ("--resume goes on with the data the run was trained on: restore its config and "
-                              "corpus, or start over with --overwrite") if resume else None
-                prepared = prepare_data(cfg, log=main_log, keep_built=keep_built)
-            except UserError as exc:
-                refused = exc
-        stop_all_if_main_failed(refused, info)
-        if not info.is_main:
-            prepared = prepare_data(cfg, log=main_log)  # up to date now: only loads
-        seed_everything(cfg.train.seed)
-        trainer = Trainer(cfg, prepared, info, device, main_log)
-        if resume:
-            trainer.resume()
-        # Only now that this run surely starts does the output folder change.
-        if info.is_main:
-            if overwrite:  # (with --resume it was refused above)
-                clear_earlier_run(out)
-            write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
-            if writer is not None:
-                trainer.tensorboard = writer(log_dir=str(out / TENSORBOARD_DIR))
-        main_log(f"model: {describe_model(trainer.model)}")
-        main_log(f"training on {device} x{info.world_size}: {len(trainer.train_data):,} pairs, "
-                 f"{trainer.accumulation} micro-batch(es) of <= {cfg.train.batch_tokens} tokens per update "
-                 f"and rank, up to {cfg.train.max_steps} updates"
-                 + (f" or {cfg.train.max_minutes:g} minutes" if cfg.train.max_minutes else "")
-                 + f" -> {cfg.output_dir}")
-        progress = Progress(cfg.train.max_steps, enabled=info.is_main and not quiet)
-        with interrupt_handler(trainer):
-            try:
-                summary = trainer.run(progress)
-            except TrainingStopped:
-                trainer.save()
-                raise
-            except torch.OutOfMemoryError:
-                raise UserError(
-                    f"out of memory at step {trainer.state.step} with train.batch_tokens="
-                    f"{cfg.train.batch_tokens}; lower train.batch_tokens (raise train.update_tokens to keep "
-                    "the update size)") from None
-            finally:
-                progress.finish()  # before a summary or an error line
-        if info.is_main:
-            trainer.plot_curve()
-            if trainer.tensorboard is not None:
-                trainer.tensorboard.close()
-        return summary
-    except BaseException:
-        remove_empty_folders(created)
-        raise
+        with removed_if_failed(created):
+            return _train_in_group(cfg, info, resume, overwrite, log, quiet)
     finally:
         cleanup(info)
+
+
+def _train_in_group(cfg: Config, info: DistInfo, resume: bool, overwrite: bool, log: Callable[[str], None],
+                    quiet: bool) -> TrainSummary:
+    """``train`` within the process group (under torchrun) and the folder clean-up."""
+    device = pick_device(cfg, info)
+    join_group(info, device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    main_log = log if info.is_main else (lambda m: None)
+    refused = None
+    if info.is_main:
+        try:
+            writer = tensorboard_writer(cfg)
+            out = check_output_dir(cfg, resume, overwrite)
+            keep_built = ("--resume goes on with the data the run was trained on: restore its config and "
+                          "corpus, or start over with --overwrite") if resume else None
+            prepared = prepare_data(cfg, log=main_log, keep_built=keep_built)
+        except UserError as exc:
+            refused = exc
+    stop_all_if_main_failed(refused, info)
+    if not info.is_main:
+        prepared = prepare_data(cfg, log=main_log)  # up to date now: only loads
+    seed_everything(cfg.train.seed)
+    trainer = Trainer(cfg, prepared, info, device, main_log)
+    if resume:
+        trainer.resume()
+    # Only now that this run surely starts does the output folder change.
+    if info.is_main:
+        if overwrite:  # (with --resume it was refused above)
+            clear_earlier_run(out)
+        write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
+        if writer is not None:
+            trainer.tensorboard = writer(log_dir=str(out / TENSORBOARD_DIR))
+    main_log(f"model: {describe_model(trainer.model)}")
+    main_log(f"training on {device} x{info.world_size}: {len(trainer.train_data):,} pairs, "
+             f"{trainer.accumulation} micro-batch(es) of <= {cfg.train.batch_tokens} tokens per update "
+             f"and rank, up to {cfg.train.max_steps} updates"
+             + (f" or {cfg.train.max_minutes:g} minutes" if cfg.train.max_minutes else "")
+             + f" -> {cfg.output_dir}")
+    progress = Progress(cfg.train.max_steps, enabled=info.is_main and not quiet)
+    with interrupt_handler(trainer):
+        try:
+            summary = trainer.run(progress)
+        except TrainingStopped:
+            trainer.save()
+            raise
+        except torch.OutOfMemoryError:
+            raise UserError(
+                f"out of memory at step {trainer.state.step} with train.batch_tokens="
+                f"{cfg.train.batch_tokens}; lower train.batch_tokens (raise train.update_tokens to keep "
+                "the update size)") from None
+        finally:
+            progress.finish()  # before a summary or an error line
+    if info.is_main:
+        trainer.plot_curve()
+        if trainer.tensorboard is not None:
+            trainer.tensorboard.close()
+    return summary
 
 
 # A second signal within this many seconds of the first is taken for a copy of it.
