@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--engine", choices=["torch", "ctranslate2"], default="torch")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path)
@@ -36,7 +37,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = args.src.read_text(encoding="utf-8").splitlines()[: args.limit]
-    with benchmark_translator(args.checkpoint, args.beam, precision=args.precision, workers=args.workers) as translator:
+    with benchmark_translator(args.checkpoint, args.beam, precision=args.precision, workers=args.workers,
+                              engine=args.engine) as translator:
         if args.profile:
             from torch.profiler import profile
 

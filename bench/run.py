@@ -12,7 +12,8 @@
    bench-quality`` where it exists (as the peers did), else with the model step 2 reached; in
    fp32, and with decode.precision bf16 where the CPU multiplies bf16 natively; in one process
    and in two (``--workers 2``, the worker's start-up timed too); and greedy at attn's default
-   batch (320 rows, no ratio: the peers ran 64); BLEU beside each, so a speed-up that costs
+   batch (320 rows, no ratio: the peers ran 64); and with ``--engine ctranslate2`` (the same
+   model searched by CTranslate2, when installed); BLEU beside each, so a speed-up that costs
    quality shows,
 then a table with the peers' numbers and the ratios (at the peers' settings only), saved to
 ``bench/out/results.json``. The beam's length penalty is attn's (GNMT, alpha 1), where fairseq
@@ -45,13 +46,16 @@ OUT = ROOT / "bench" / "out"
 CORPUS = ROOT.parent / "shared" / "corpora" / "bible-en-es"
 CONFIGS = {"T": "configs/bench_T.yaml", "R": "configs/bench_R.yaml"}
 # Decoding runs: beam, sentences per batch (None: attn's default of 320 decoder rows), worker
-# processes, key (its first part names the peers' figure), label.
+# processes, engine, key (its first part names the peers' figure), label. The ctranslate2
+# engine runs fp32 only, and its beam divides by length ** alpha as the peers' beams do.
 DECODE_RUNS = (
-    (1, 64, 1, "beam1", "beam 1"),
-    (5, 64, 1, "beam5", "beam 5"),
-    (1, None, 1, "beam1_default", "beam 1, 320/batch"),
-    (1, 64, 2, "beam1_workers2", "beam 1, --workers 2"),
-    (5, 64, 2, "beam5_workers2", "beam 5, --workers 2"),
+    (1, 64, 1, "torch", "beam1", "beam 1"),
+    (5, 64, 1, "torch", "beam5", "beam 5"),
+    (1, None, 1, "torch", "beam1_default", "beam 1, 320/batch"),
+    (1, 64, 2, "torch", "beam1_workers2", "beam 1, --workers 2"),
+    (5, 64, 2, "torch", "beam5_workers2", "beam 5, --workers 2"),
+    (1, 64, 1, "ctranslate2", "beam1_ctranslate2", "beam 1, --engine ctranslate2"),
+    (5, 64, 1, "ctranslate2", "beam5_ctranslate2", "beam 5, --engine ctranslate2"),
 )
 
 
@@ -85,30 +89,31 @@ def run_json(command: list[str]) -> dict:
 
 
 def benchmark_translator(checkpoint: Path, beam: int, sentences_per_batch: int | None = 64,
-                         precision: str = "fp32", workers: int = 1):
+                         precision: str = "fp32", workers: int = 1, engine: str = "torch"):
     """A Translator for ``checkpoint`` with its decode settings, ``beam`` and batches of
     ``sentences_per_batch`` sentences, as the peers ran; None: attn's default of 320 decoder
-    rows (greedy: 320 sentences). ``precision``: decode.precision; ``workers``: --workers."""
+    rows (greedy: 320 sentences). ``precision``: decode.precision; ``workers``: --workers;
+    ``engine``: --engine."""
     from seq2seq.config import DecodeConfig
     from seq2seq.decoding.loading import load_model
-    from seq2seq.decoding.translator import TranslateSettings, Translator
+    from seq2seq.decoding.translator import TranslateSettings, make_translator
 
     loaded = load_model(checkpoint)
-    settings = TranslateSettings.from_config(loaded.config.decode, workers=workers)
+    settings = TranslateSettings.from_config(loaded.config.decode, workers=workers, engine=engine)
     settings.beam_size = beam
     settings.precision = precision
     settings.batch_size = DecodeConfig().batch_size if sentences_per_batch is None else sentences_per_batch * beam
-    tok = loaded.tokenizer
-    return Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings)
+    return make_translator(loaded.model, loaded.tokenizer, settings)
 
 
 def decode_speed(checkpoint: Path, beam: int, src: Path, ref: Path | None = None,
-                 sentences_per_batch: int | None = 64, precision: str = "fp32", workers: int = 1) -> dict:
+                 sentences_per_batch: int | None = 64, precision: str = "fp32", workers: int = 1,
+                 engine: str = "torch") -> dict:
     """Translate the test set; sentences/s and output pieces/s, model loading excluded but the
     worker processes' start included (and BLEU/chrF against ``ref`` when given). Settings as
     ``benchmark_translator``."""
     lines = src.read_text(encoding="utf-8").splitlines()
-    with benchmark_translator(checkpoint, beam, sentences_per_batch, precision, workers) as translator:
+    with benchmark_translator(checkpoint, beam, sentences_per_batch, precision, workers, engine) as translator:
         start = time.perf_counter()
         results = translator.translate(lines)
         seconds = time.perf_counter() - start
@@ -174,16 +179,29 @@ def main() -> None:
             model = trained if (trained / "checkpoints").is_dir() else checkpoint
             results[f"decode_{name}_model"] = str(model.relative_to(ROOT))
             for precision in precisions:
-                for beam, per_batch, workers, key, _ in DECODE_RUNS:
+                for beam, per_batch, workers, engine, key, _ in DECODE_RUNS:
+                    if engine == "ctranslate2" and (precision != "fp32" or not ctranslate2_installed()):
+                        continue
                     key = result_key(key, precision)
                     speed = decode_speed(model, beam, CORPUS / "test.es", ref=CORPUS / "test.en",
-                                         sentences_per_batch=per_batch, precision=precision, workers=workers)
+                                         sentences_per_batch=per_batch, precision=precision, workers=workers,
+                                         engine=engine)
                     results[f"decode_{name}_{key}"] = speed
                     print(f"decode {name} {key}: {speed['sentences_per_s']:.1f} sent/s, "
                           f"{speed['tokens_per_s']:,.0f} tok/s, BLEU {speed['bleu']:.2f}", file=sys.stderr)
 
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print(render_table(results))
+
+
+def ctranslate2_installed() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("ctranslate2") is None:
+        print("ctranslate2 is not installed: no --engine ctranslate2 rows (pip install 'attn[ctranslate2]')",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def render_table(results: dict) -> str:
@@ -218,7 +236,7 @@ def render_table(results: dict) -> str:
             rows.append((f"train {name} bf16: peak RSS MiB, utilisation (bf16 ceiling)",
                          f"{fast['peak_rss_mib']:,.0f}, {fast['utilisation']:.0%}", "", ""))
         for precision in ("fp32", "bf16"):
-            for _, per_batch, _, key, label in DECODE_RUNS:
+            for _, per_batch, _, _, key, label in DECODE_RUNS:
                 d = results.get(f"decode_{name}_{result_key(key, precision)}")
                 if d:  # compared only at the peers' 64 sentences a batch
                     peer = best.get(f"decode_{name}_{key.split('_')[0]}") if per_batch == 64 else None

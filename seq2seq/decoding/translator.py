@@ -14,6 +14,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,10 @@ from seq2seq.decoding.workers import DecodeWorkers
 from seq2seq.errors import UserError
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.linear import packed_weights
+
+if TYPE_CHECKING:
+    from seq2seq.data.tokenizer import Tokenizer
+    from seq2seq.decoding.ctranslate2_engine import CTranslate2Search
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,7 @@ class TranslateSettings:
     max_source_len: int = 1024  # source pieces; longer lines are truncated with a warning
     precision: str = "fp32"  # or "bf16": decode with a bf16 copy of the model
     workers: int = 1  # processes decoding batches side by side (CPU only; see decoding.workers)
+    engine: str = "torch"  # or "ctranslate2" (see decoding.ctranslate2_engine)
 
     @classmethod
     def from_config(cls, decode: DecodeConfig, **options: object) -> TranslateSettings:
@@ -76,7 +82,8 @@ class Translator:
     """Translates batches of lines with a model that has the step interface.
 
     ``src_encode`` maps lines to source piece ids (without EOS); ``tgt_decode`` maps output
-    piece ids back to text. ``warn`` receives one message per truncated line.
+    piece ids back to text. ``warn`` receives one message per truncated line. ``engine``
+    (settings.engine ctranslate2) searches in place of attn's own search.
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class Translator:
         tgt_decode: Callable[[list[int]], str],
         settings: TranslateSettings,
         warn: Callable[[str], None] = log.warning,
+        engine: CTranslate2Search | None = None,
     ):
         if settings.nbest > settings.beam_size and not settings.sampling:
             raise UserError(
@@ -99,6 +107,7 @@ class Translator:
             raise UserError(f"--workers {settings.workers}: worker processes decode on the CPU only; "
                             "drop --workers to decode on the GPU")
         self.workers: DecodeWorkers | None = None  # started at the first call that has batches to share
+        self.engine = engine
         self.src_encode = src_encode
         self.tgt_decode = tgt_decode
         self.settings = settings
@@ -137,6 +146,8 @@ class Translator:
         if self.workers is not None:
             self.workers.close()
             self.workers = None
+        if self.engine is not None:
+            self.engine.close()
 
     def __enter__(self) -> Translator:
         return self
@@ -145,6 +156,8 @@ class Translator:
         self.close()
 
     def _decode(self, batches: list[list[list[int]]]) -> list[list[list[Hypothesis]]]:
+        if self.engine is not None:
+            return self.engine.decode(batches)
         shared = self.settings.workers > 1 and len(batches) > 1
         if shared and self.workers is None:
             self.workers = DecodeWorkers(decode_batch, self.model, self.settings, self.settings.workers)
@@ -181,6 +194,16 @@ class Translator:
             src_ids=src_ids,
             attention=hypothesis.attention,
         )
+
+
+def make_translator(model: nn.Module, tokenizer: Tokenizer, settings: TranslateSettings,
+                    warn: Callable[[str], None] = log.warning, device: torch.device | str = "cpu") -> Translator:
+    """A Translator for a model and the tokenizer it was trained with, searching with the
+    engine that ``settings.engine`` names."""
+    from seq2seq.decoding.ctranslate2_engine import engine_for
+
+    engine = engine_for(model, tokenizer, settings, device)
+    return Translator(model, tokenizer.encode_src, tokenizer.decode_tgt, settings, warn, engine)
 
 
 def decode_batch(model: nn.Module, s: TranslateSettings, sources: list[list[int]]) -> list[list[Hypothesis]]:

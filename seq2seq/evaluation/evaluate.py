@@ -9,7 +9,7 @@ from typing import Any
 from seq2seq.config import DecodeConfig
 from seq2seq.data.corpus import count_text_lines, read_lines
 from seq2seq.decoding.loading import load_model
-from seq2seq.decoding.translator import TranslateSettings, Translator
+from seq2seq.decoding.translator import TranslateSettings, make_translator
 from seq2seq.errors import UserError
 from seq2seq.files import not_a_file
 from seq2seq.evaluation.metrics import score_corpus
@@ -39,12 +39,13 @@ def default_report_dir(checkpoint: Path) -> Path:
 def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int | None,
                         report_dir: Path | None, device: str = "cpu",
                         warn=lambda message: None, precision: str | None = None,
-                        workers: int = 1, decode: DecodeConfig | None = None) -> tuple[dict[str, Any], Path]:
+                        workers: int = 1, decode: DecodeConfig | None = None,
+                        engine: str = "torch") -> tuple[dict[str, Any], Path]:
     """Translate ``src``, score against ``refs``, write the report; returns (report, report_dir).
     Decoding follows ``decode`` (default: the checkpoint's decode settings), then ``beam`` and
-    ``precision`` where given; ``workers``: decoding processes (Translator)."""
+    ``precision`` where given; ``workers``: decoding processes (Translator); ``engine``: --engine."""
     loaded = load_model(checkpoint, device)
-    settings = TranslateSettings.from_config(decode or loaded.config.decode, workers=workers)
+    settings = TranslateSettings.from_config(decode or loaded.config.decode, workers=workers, engine=engine)
     if beam is not None:
         settings.beam_size = beam
     if precision is not None:
@@ -57,8 +58,7 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
         if len(lines) != len(sources):
             raise UserError(f"--ref {path} has {len(lines)} lines but --src {src} has {len(sources)}; "
                             "they must be line-parallel (one reference per source line)")
-    tok = loaded.tokenizer
-    with Translator(loaded.model, tok.encode_src, tok.decode_tgt, settings, warn=warn) as translator:
+    with make_translator(loaded.model, loaded.tokenizer, settings, warn, device) as translator:
         start = time.perf_counter()
         results = translator.translate(sources)
         seconds = max(time.perf_counter() - start, 1e-9)  # the workers' shutdown not counted
