@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from seq2seq.hardware import native_bf16
 from seq2seq.models.linear import ONEDNN_LINEAR, onednn_matmul_nt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ def main() -> None:
           f"the best fp32 ({args.threads} threads)", file=sys.stderr)
     # bf16 autocast pays only where the CPU multiplies bf16 natively (AVX512-BF16, AMX).
     precisions = ["fp32"]
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if native_bf16(torch.device("cpu")):
         results["matmul_ceiling_bf16_gflops"] = matmul_ceiling(args.threads, dtype=torch.bfloat16)
         precisions.append("bf16")
 

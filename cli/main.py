@@ -347,6 +347,9 @@ def translate(
         decode, **{k: v for k, v in overrides.items() if v is not None}),
         nbest=nbest, sampling=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         return_attention=bool(attention_plots or alignments), workers=workers, engine=engine.value)
+    if settings.max_len_a == 0 and settings.max_len_b == 0:  # config._check_combinations refuses it in a config
+        raise UserError("--max-len-b 0: with --max-len-a 0 as well (given, or the checkpoint's decode.max_len_a), "
+                        "every translation would be empty; set --max-len-b to at least 1")
     translator = make_translator(model, loaded.tokenizer, settings, warn=lambda m: eprint(f"warning: {m}"), device=device)
 
     if input is not None and not input.is_file():

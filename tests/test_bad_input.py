@@ -468,6 +468,11 @@ def test_sampling_settings_without_sample(tmp_path: Path, ckpt: Path, option: li
     assert_user_error(translate(ckpt, *option, cwd=tmp_path, input="Hola.\n"), option[0], "add --sample")
 
 
+def test_output_limits_that_allow_nothing(tmp_path: Path, ckpt: Path) -> None:
+    result = translate(ckpt, "--max-len-a", "0", "--max-len-b", "0", cwd=tmp_path, input="Hola.\n")
+    assert_user_error(result, "--max-len-b 0", "every translation would be empty")
+
+
 def test_translating_options_with_hypotheses_to_score(tmp_path: Path) -> None:
     (tmp_path / "hyp.en").write_text("Hello.\n")
     result = attn("evaluate", "--hyp", "hyp.en", "--ref", "hyp.en", "--beam", "5", cwd=tmp_path)

@@ -3,6 +3,7 @@ search returns attn's translations, and what it cannot do is refused by name."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 
@@ -137,7 +138,7 @@ def test_beam_search_normalises_by_length_to_the_power_alpha():
     [
         ({"sampling": True}, {}, "--sample"),
         ({"return_attention": True}, {}, "--alignments"),
-        ({"precision": "bf16"}, {}, "--precision bf16"),
+        ({"precision": "bf16"}, {}, "pass --precision fp32"),
         ({"workers": 2}, {}, "--workers"),
         ({}, {"attention": "local"}, "model.attention 'local'"),
     ],
@@ -147,6 +148,31 @@ def test_what_it_cannot_do_is_refused_by_name(options, model_options, fragment):
     with pytest.raises(UserError, match="--engine ctranslate2") as error:
         engine_for(model, PieceNames(SRC_VOCAB, TGT_VOCAB), settings(**options))
     assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_source_len": 4, "max_len_a": 3.0, "max_len_b": 0},  # outputs longer than any source
+        {"min_len": 20, "max_len_a": 0.0, "max_len_b": 5},  # min_len above the limit: the limit wins
+        {"max_len_a": 0.3, "max_len_b": 0},  # a limit of 0 pieces for short sources
+    ],
+)
+@pytest.mark.parametrize("beam", [1, 3])
+def test_length_limits_end_where_attns_search_ends(limits, beam):
+    model = random_transformer(seed=1)
+    names = PieceNames(model.src_vocab_size, model.tgt_vocab_size)
+    lines = random_sources(12, seed=6)
+    options = {"beam_size": beam, "length_penalty": 0.0, **limits}
+    ours = Translator(model, names.encode_src, names.decode_tgt, settings(engine="torch", **options)).translate(lines)
+    with make_translator(model, names, settings(**options)) as translator:
+        theirs = translator.translate(lines)
+    assert [len(r[0].tokens) for r in theirs] == [len(r[0].tokens) for r in ours]
+    if beam == 1:
+        assert [r[0].tokens for r in theirs] == [r[0].tokens for r in ours]
+    for mine, other in zip(ours, theirs):
+        if not mine[0].tokens:  # EOS alone: the same score from both
+            assert other[0].score == pytest.approx(mine[0].score, abs=2e-3)
 
 
 def test_torch_keeps_its_thread_count():
@@ -200,4 +226,5 @@ def test_the_cli_refuses_an_rnn_and_translates_a_transformer(tmp_path, tiny_corp
                           "--engine", engine, "--report-dir", report, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         hypotheses[engine] = (report / "hypotheses.txt").read_text(encoding="utf-8")
+        assert json.loads((report / "report.json").read_text(encoding="utf-8"))["decode"]["engine"] == engine
     assert hypotheses["ctranslate2"] == hypotheses["torch"]

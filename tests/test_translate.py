@@ -128,3 +128,19 @@ def test_translate_with_two_workers_writes_what_one_process_writes(tiny_checkpoi
         outputs[workers] = target.read_text(encoding="utf-8").splitlines()
     assert len(outputs["2"]) == 5 and outputs["2"][2] == "0.0000\t"  # the empty line stays empty
     assert outputs["2"] == outputs["1"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, native):
+    from seq2seq.decoding.translator import TranslateSettings, Translator
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    model = build_model(ModelConfig(arch="gru", hidden_dim=8, embed_dim=8, encoder_layers=1, decoder_layers=1), 10, 10)
+    warnings = []
+    Translator(model, lambda lines: [[4]] * len(lines), str, TranslateSettings(precision="bf16"), warn=warnings.append)
+    assert bool(warnings) != native
+    assert all("--precision bf16" in w and "use fp32" in w for w in warnings)
+    from seq2seq.hardware import emulated_bf16_warning
+
+    assert emulated_bf16_warning(torch.device("cuda"), "train.precision") is None  # GPUs multiply bf16 natively

@@ -74,7 +74,7 @@ def unsupported(model: nn.Module, settings: TranslateSettings, device: torch.dev
     checks = {
         "--sample": settings.sampling,
         "--alignments or --attention-plots": settings.return_attention,
-        "--precision bf16": settings.precision != "fp32",
+        "bf16 (--precision, or else the checkpoint's decode.precision; pass --precision fp32)": settings.precision != "fp32",
         "--workers (it decodes one batch per CPU thread already)": settings.workers > 1,
         f"--device {device}": device.type != "cpu",
     }
@@ -141,8 +141,11 @@ class CTranslate2Search:
         except ImportError:
             raise UserError(f"--engine ctranslate2: the ctranslate2 package is not installed; {INSTALL_HINT}") from None
         self.settings = settings
-        longest_output = math.floor(settings.max_len_a * settings.max_source_len + settings.max_len_b)
-        positions = max(settings.max_source_len, longest_output) + 2  # EOS / BOS, and one spare
+        # Sources: up to max_source_len pieces + EOS, and their length limits count that EOS too
+        # (as ``decode`` does); the decoder reads BOS and the pieces before the last.
+        longest_source = settings.max_source_len + 1
+        longest_output = math.floor(settings.max_len_a * longest_source + settings.max_len_b)
+        positions = max(longest_source, longest_output) + 1  # one spare
         spec = convert(model, tokenizer, positions)
         with tempfile.TemporaryDirectory(prefix="attn-ct2-") as folder:
             spec.save(folder)  # then read back into memory: nothing is left on disk
@@ -174,13 +177,17 @@ class CTranslate2Search:
             by_limit: dict[int, list[int]] = {}
             for i, limit in enumerate(limits):
                 by_limit.setdefault(limit, []).append(i)
-            pending.append([(members, self._submit([batch[i] for i in members], limit))
-                            for limit, members in by_limit.items()])
+            calls = []
+            for limit, members in by_limit.items():
+                sources = [batch[i] for i in members]
+                # CTranslate2 refuses a limit of 0; attn's search outputs EOS at once there.
+                calls.append((members, self._submit(sources, limit) if limit > 0 else self._only_eos(sources)))
+            pending.append(calls)
         decoded = []
         for calls in pending:
             hypotheses: dict[int, list[Hypothesis]] = {}
             for members, results in calls:
-                hypotheses.update(zip(members, map(self._hypotheses, results)))
+                hypotheses.update(zip(members, (r if isinstance(r, list) else self._hypotheses(r) for r in results)))
             decoded.append([hypotheses[i] for i in range(len(hypotheses))])
         return decoded
 
@@ -195,10 +202,17 @@ class CTranslate2Search:
             length_penalty=0.0 if s.beam_size == 1 else s.length_penalty,
             max_input_length=0,  # the translator has truncated sources already
             max_decoding_length=limit,
-            min_decoding_length=s.min_len,
+            min_decoding_length=min(s.min_len, limit),  # attn's search ends at the limit whatever min_len says
             suppress_sequences=self.never,
             return_scores=True,
         )
+
+    def _only_eos(self, sources: list[list[int]]) -> list[list[Hypothesis]]:
+        """The empty translation of each source, scored by its EOS as ``_hypotheses`` scores."""
+        scored = self.translator.score_batch([[self.source_pieces[i] for i in ids] for ids in sources],
+                                             [[] for _ in sources])
+        penalty = gnmt_length_penalty(1, self.settings.length_penalty) if self.settings.beam_size == 1 else 1.0
+        return [[Hypothesis([], r.log_probs[-1] / penalty, None)] for r in scored]
 
     def _hypotheses(self, pending: object) -> list[Hypothesis]:
         result = pending.result()

@@ -24,6 +24,7 @@ from seq2seq.data.special import EOS_ID, PAD_ID
 from seq2seq.decoding.search import Hypothesis, beam_search, gnmt_length_penalty, greedy_search, sample
 from seq2seq.decoding.workers import DecodeWorkers
 from seq2seq.errors import UserError
+from seq2seq.hardware import emulated_bf16_warning
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.linear import packed_weights
 
@@ -101,6 +102,8 @@ class Translator:
                 "decode.beam_size); raise the beam size or lower --nbest"
             )
         self.model = with_precision(model, settings.precision)
+        if settings.precision == "bf16" and (warning := emulated_bf16_warning(_device_of(model), "--precision")):
+            warn(warning)
         if _device_of(model).type == "cpu":
             keep_freed_memory()
         elif settings.workers > 1:

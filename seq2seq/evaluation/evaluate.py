@@ -81,7 +81,7 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
                    "output_dir": loaded.config.output_dir},
         "decode": {"beam_size": settings.beam_size, "length_penalty": settings.length_penalty,
                    "max_len_a": settings.max_len_a, "max_len_b": settings.max_len_b,
-                   "precision": settings.precision, "workers": settings.workers},
+                   "precision": settings.precision, "workers": settings.workers, "engine": settings.engine},
         "sentences_per_s": round(len(sources) / seconds, 2),
         "tokens_per_s": round(pieces / seconds, 1),
         "seconds": round(seconds, 2),
@@ -97,4 +97,5 @@ def results_row(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]
         "hypotheses": meta.get("hypotheses", ""), "checkpoint": meta.get("checkpoint", ""),
         "bleu": round(metrics["bleu"], 2), "chrf": round(metrics["chrf"], 2), "ter": round(metrics["ter"], 2),
         "beam": meta.get("decode", {}).get("beam_size", ""), "sentences_per_s": meta.get("sentences_per_s", ""),
+        "references": meta.get("references", ""), "engine": meta.get("decode", {}).get("engine", ""),
     }

@@ -43,6 +43,7 @@ from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
 from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV
 from seq2seq.files import missing_folders, removed_if_failed, write_text_atomic
+from seq2seq.hardware import emulated_bf16_warning
 from seq2seq.memory import keep_freed_memory
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
@@ -226,6 +227,8 @@ class Trainer:
             seed=cfg.train.seed, shuffle=True, rank=info.rank, world_size=info.world_size)
         self.accumulation = accumulation_steps(cfg, info.world_size)
         if (warning := uneven_update_warning(cfg, info.world_size)) is not None:
+            log(f"warning: {warning}")
+        if cfg.train.precision == "bf16" and (warning := emulated_bf16_warning(device, "train.precision")):
             log(f"warning: {warning}")
         if cfg.train.warmup_steps >= cfg.train.max_steps:
             log(f"warning: train.warmup_steps ({cfg.train.warmup_steps}) is not below train.max_steps "
