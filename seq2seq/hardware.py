@@ -12,7 +12,10 @@ def native_bf16(device: torch.device) -> bool:
     than float32 itself."""
     if device.type != "cpu":
         return True
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if None in checks:  # a torch without these (private) checks: do not guess
+        return True
+    return any(check() for check in checks)
 
 
 def emulated_bf16_warning(device: torch.device, key: str) -> str | None:

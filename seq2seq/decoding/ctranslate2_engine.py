@@ -186,7 +186,7 @@ class CTranslate2Search:
         decoded = []
         for calls in pending:
             hypotheses: dict[int, list[Hypothesis]] = {}
-            for members, results in calls:
+            for members, results in calls:  # pending translations, or (limit 0) finished hypotheses
                 hypotheses.update(zip(members, (r if isinstance(r, list) else self._hypotheses(r) for r in results)))
             decoded.append([hypotheses[i] for i in range(len(hypotheses))])
         return decoded
