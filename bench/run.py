@@ -179,9 +179,10 @@ def main() -> None:
             trained = OUT / f"quality_{name}"
             model = trained if (trained / "checkpoints").is_dir() else checkpoint
             results[f"decode_{name}_model"] = str(model.relative_to(ROOT))
+            engines = {"torch", "ctranslate2"} if ctranslate2_installed() else {"torch"}
             for precision in precisions:
                 for beam, per_batch, workers, engine, key, _ in DECODE_RUNS:
-                    if engine == "ctranslate2" and (precision != "fp32" or not ctranslate2_installed()):
+                    if engine not in engines or (engine == "ctranslate2" and precision != "fp32"):
                         continue
                     key = result_key(key, precision)
                     speed = decode_speed(model, beam, CORPUS / "test.es", ref=CORPUS / "test.en",

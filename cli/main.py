@@ -350,10 +350,10 @@ def translate(
     if settings.max_len_a == 0 and settings.max_len_b == 0:  # config._check_combinations refuses it in a config
         raise UserError("--max-len-b 0: with --max-len-a 0 as well (given, or the checkpoint's decode.max_len_a), "
                         "every translation would be empty; set --max-len-b to at least 1")
-    translator = make_translator(model, loaded.tokenizer, settings, warn=lambda m: eprint(f"warning: {m}"), device=device)
-
     if input is not None and not input.is_file():
         raise UserError(f"--input {input}: {not_a_file(input)}")
+    # Last of the set-up: --engine ctranslate2 converts the model here (about a second).
+    translator = make_translator(model, loaded.tokenizer, settings, warn=lambda m: eprint(f"warning: {m}"), device=device)
     plot_folders = make_output_dir(attention_plots, "--attention-plots") if attention_plots is not None else []
     source_fd = os.open(input, os.O_RDONLY) if input else sys.stdin.fileno()
     sink = AtomicOutput(output) if output else None
