@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from bench.run import CORPUS, benchmark_translator
+from seq2seq import kernels
 
 
 def main() -> None:
@@ -34,8 +35,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--src", type=Path, default=CORPUS / "test.es")
+    parser.add_argument("--cpu-kernels", choices=["auto", "off"], default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kernels.configure(args.cpu_kernels)
+    kernels.tune_process()  # as `attn translate` does
     lines = args.src.read_text(encoding="utf-8").splitlines()[: args.limit]
     with benchmark_translator(args.checkpoint, args.beam, precision=args.precision, workers=args.workers,
                               engine=args.engine) as translator:

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from seq2seq import kernels
 from seq2seq.config import load_config
 from seq2seq.data.prepare import prepare_data
 from seq2seq.training.distributed import DistInfo
@@ -38,6 +39,8 @@ def main() -> None:
 
     cfg = load_config(args.config, ["train.threads=2", *args.set])
     torch.set_num_threads(cfg.train.threads)
+    kernels.configure(cfg.train.cpu_kernels)
+    kernels.tune_process()  # as `attn train` does
     prepared = prepare_data(cfg, log=lambda m: None)
     seed_everything(cfg.train.seed)
     trainer = Trainer(cfg, prepared, DistInfo(), torch.device("cpu"), log=lambda m: None)

@@ -38,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.hardware import native_bf16
-from seq2seq.models.linear import ONEDNN_LINEAR, onednn_matmul_nt
+from seq2seq.kernels import native_bf16, probe
+from seq2seq.kernels.onednn import onednn_matmul_nt
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
@@ -144,7 +144,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     results: dict = {"threads": args.threads, "torch": torch.__version__}
     results["matmul_ceiling_gflops"] = matmul_ceiling(args.threads)
-    if ONEDNN_LINEAR:
+    if probe.get("onednn_linear") is not None:
         results["matmul_ceiling_onednn_gflops"] = matmul_ceiling(args.threads, onednn=True)
     fp32_ceiling = max(results["matmul_ceiling_gflops"], results.get("matmul_ceiling_onednn_gflops", 0.0))
     print(f"matmul ceiling: {results['matmul_ceiling_gflops']:.0f} GFLOP/s torch.mm, {fp32_ceiling:.0f} "

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seq2seq import kernels
 from seq2seq.config import Config, load_config
 from seq2seq.data.prepare import prepare_data
 from seq2seq.training.distributed import DistInfo
@@ -66,6 +67,8 @@ def main() -> None:
 
     cfg = load_config(args.config, args.set)
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
+    kernels.configure(cfg.train.cpu_kernels)
+    kernels.tune_process()  # as `attn train` does
     prepared = prepare_data(cfg, log=lambda m: print(m, file=sys.stderr))
     seed_everything(cfg.train.seed)
     trainer = Trainer(cfg, prepared, DistInfo(), torch.device("cpu"), log=lambda m: None)

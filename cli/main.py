@@ -35,6 +35,18 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class CpuKernels(str, Enum):
+    """The CPU fast paths (the config key train.cpu_kernels)."""
+
+    auto = "auto"
+    off = "off"
+
+
+CpuKernelsOpt = Annotated[Optional[CpuKernels], typer.Option(
+    help="auto: the CPU fast paths that a probe finds working here (see `attn kernels`); off: stock PyTorch "
+    "throughout. Default: the checkpoint's train.cpu_kernels.")]
+
+
 class Engine(str, Enum):
     """Who runs the search: attn's own (PyTorch), or CTranslate2 (decoding.ctranslate2_engine)."""
 
@@ -211,9 +223,12 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Train a model (tokenizes first when the prepared data is missing or stale)."""
+    from seq2seq import kernels
     from seq2seq.training.trainer import train as run_training
 
     cfg = load(config, set_)
+    kernels.configure(cfg.train.cpu_kernels)
+    kernels.tune_process()  # before any model runs: oneDNN reads its cache caps once
     summary = run_training(cfg, resume=resume, overwrite=overwrite, log=eprint, quiet=quiet)
     if summary.is_main:  # (under torchrun only rank 0 validates, so only it can say)
         best = (f"best valid {summary.metric} {summary.best_score:.2f} at step {summary.best_step}"
@@ -307,11 +322,13 @@ def translate(
     attention_head: Annotated[Optional[int], typer.Option(help="Transformer: head to plot (default: mean of heads).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Check this tokenizer folder against the checkpoint's.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    cpu_kernels: CpuKernelsOpt = None,
 ) -> None:
     """Translate text with a trained model (streams stdin to stdout line by line)."""
     import dataclasses
     import os
 
+    from seq2seq.decoding.loading import use_cpu_kernels
     from seq2seq.decoding.search import has_attention
     from seq2seq.decoding.streaming import line_batches
     from seq2seq.decoding.translator import TranslateSettings, TranslationResult, make_translator
@@ -324,6 +341,7 @@ def translate(
     if sample and top_p <= 0:
         raise UserError(f"--top-p {top_p}: must be above 0 (1 keeps every piece)")
     model, loaded = open_model(checkpoint, tokenizer, device)
+    use_cpu_kernels(loaded.config, cpu_kernels and cpu_kernels.value)
     if output is not None and output.is_file():  # translations must not replace what is being read
         from seq2seq.training.checkpoint import resolve_checkpoint
 
@@ -455,6 +473,7 @@ def evaluate(
     compare: Annotated[Optional[Path], typer.Option(help="Another system's hypotheses: paired bootstrap test against --hyp.")] = None,
     report_dir: Annotated[Optional[Path], typer.Option(help="Where report.json/report.md go (default: <run>/eval or beside --hyp).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (for --checkpoint).")] = "cpu",
+    cpu_kernels: CpuKernelsOpt = None,
 ) -> None:
     """Score translations with sacrebleu (BLEU, chrF, TER + signatures) and write a report."""
     from seq2seq.evaluation.evaluate import read_text_file, results_row, translate_and_score
@@ -471,10 +490,11 @@ def evaluate(
             report, report_dir = translate_and_score(checkpoint, src, ref, beam, report_dir, device,
                                                      warn=lambda m: eprint(f"warning: {m}"),
                                                      precision=precision and precision.value, workers=workers,
-                                                     engine=engine.value)
+                                                     engine=engine.value, cpu_kernels=cpu_kernels and cpu_kernels.value)
         elif hyp is not None:
             refuse_options({"--src": src is not None, "--beam": beam is not None, "--precision": precision is not None,
-                            "--workers": workers != 1, "--device": device != "cpu", "--engine": engine != Engine.torch},
+                            "--workers": workers != 1, "--device": device != "cpu", "--engine": engine != Engine.torch,
+                            "--cpu-kernels": cpu_kernels is not None},
                            "applies to --checkpoint (translating first); --hyp is scored as it is")
             references = [read_text_file(path, "--ref") for path in ref]
             hypotheses = read_text_file(hyp, "--hyp")
@@ -498,6 +518,27 @@ def evaluate(
         if isinstance(r, dict):
             print(f"paired bootstrap {name}: {compare} {r['a']:.2f} vs {hyp} {r['b']:.2f} (p = {r['p_value']:.4f})")
     eprint(f"report: {report_dir / 'report.md'}")
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@app.command(name="kernels")
+@friendly_errors
+def show_kernels(cpu_kernels: CpuKernelsOpt = None) -> None:
+    """Show which CPU fast paths this machine uses, each decided by running it on a tiny input."""
+    import torch
+
+    from seq2seq import kernels
+    from seq2seq.kernels.probe import bf16_runs, processor_name
+
+    kernels.configure(cpu_kernels.value if cpu_kernels else "auto")
+    print(f"processor: {processor_name()}; torch {torch.__version__}; mode {kernels.mode()}")
+    for name, decision in kernels.decisions().items():
+        print(f"{name:20} {'on ' if decision else 'off'}  {decision.reason}")
+    bf16 = bf16_runs()
+    how = ("natively" if kernels.native_bf16(torch.device("cpu")) else "emulated (likely slower than fp32)") if bf16 else ""
+    print(f"{'bf16':20} {'on ' if bf16 else 'off'}  {bf16.reason}{', ' + how if how else ''}")
 
 
 # ----------------------------------------------------------------------------- average

@@ -140,6 +140,11 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
+    # The CPU fast paths of seq2seq.kernels (oneDNN products, packed weights, fast dropout and
+    # tanh, DeferredLSTM): auto uses each one its probe finds working; off uses stock PyTorch.
+    cpu_kernels: Literal["auto", "off"] = "auto"
+    # Deterministic algorithms (and cuBLAS's fixed workspace) for bit-exact resumes on a GPU.
+    deterministic: bool = False
     tensorboard: bool = False
     # Consecutive non-finite losses tolerated before training stops.
     max_bad_steps: int = field(default=5, metadata=_range(1))

@@ -17,6 +17,12 @@ import os
 # process slow things down many times over whenever a test runs attn in a subprocess beside
 # pytest (or anything else shares the cores). Subprocesses inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# As the command line does before any model runs (oneDNN reads its cache caps once).
+from seq2seq.kernels import tune_process
+
+tune_process()
+
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -1,11 +1,11 @@
-"""The CPU replacements for standard operations (``seq2seq.models.fastops``) against torch's own."""
+"""The CPU replacements for standard operations (``seq2seq.kernels.fastops``) against torch's own."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from seq2seq.models.fastops import dropout, relu_dropout, tanh_
+from seq2seq.kernels.fastops import dropout, relu_dropout, tanh_
 
 
 def test_tanh_in_place_matches_torch_tanh_forward_and_backward():

@@ -1,4 +1,4 @@
-"""seq2seq.models.linear: float32 linear layers on oneDNN must compute what F.linear computes."""
+"""seq2seq.kernels.onednn: float32 linear layers on oneDNN must compute what F.linear computes."""
 
 import ctypes
 
@@ -6,10 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seq2seq.models import linear as onednn
-from seq2seq.models.linear import Linear, linear, matmul_nt, matmul_tn, packed_weights, uses_onednn
+from seq2seq.kernels import Linear, linear, matmul_nt, matmul_tn, packed_weights, probe, uses_onednn
 
-needs_onednn = pytest.mark.skipif(not onednn.ONEDNN_LINEAR, reason="this PyTorch build has no oneDNN")
+
+def needs(path: str) -> pytest.MarkDecorator:
+    """Skip unless the probe uses fast path ``path`` here, with the probe's reason."""
+    decision = probe.decision(path)
+    return pytest.mark.skipif(not decision, reason=f"{path}: {decision.reason}")
+
+
+needs_onednn = needs("onednn_linear")
 
 
 def gradients(fn, x, weight, bias, grad_out):
@@ -69,15 +75,15 @@ def test_bf16_autocast_and_bf16_weights_keep_torchs_path():
 
 
 def test_switching_it_off_gives_f_linear(monkeypatch):
-    monkeypatch.setattr(onednn, "ONEDNN_LINEAR", False)
+    monkeypatch.setenv(probe.ENV_VAR, "off")
     x, weight = torch.randn(3, 8), torch.randn(4, 8)
     assert not uses_onednn(x, weight)
     assert torch.equal(linear(x, weight), F.linear(x, weight))
 
 
-@needs_onednn
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float32, marks=needs("onednn_packed_fp32")),
+                                   pytest.param(torch.bfloat16, marks=needs("onednn_packed_bf16"))])
 def test_packed_weights_give_the_same_products_and_are_freed_on_leaving(with_bias, dtype):
     model = torch.nn.Sequential(Linear(24, 40, bias=with_bias), torch.nn.ReLU(), Linear(40, 8, bias=with_bias))
     model.to(dtype)
@@ -93,7 +99,7 @@ def test_packed_weights_give_the_same_products_and_are_freed_on_leaving(with_bia
     assert model[0].packed is None and model[0].packed_rows is None
 
 
-@needs_onednn
+@needs("onednn_packed_fp32")
 def test_packed_weights_are_not_used_where_gradients_are_needed():
     layer = Linear(6, 4)
     with packed_weights(layer, rows=8):

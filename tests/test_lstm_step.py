@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from seq2seq.models.linear import ONEDNN_LINEAR
-from seq2seq.models.lstm_step import DeferredLSTM, applies
+from seq2seq.kernels import probe
+from seq2seq.kernels.lstm_step import DeferredLSTM, applies
 
-pytestmark = pytest.mark.skipif(not ONEDNN_LINEAR, reason="DeferredLSTM multiplies with oneDNN")
+pytestmark = pytest.mark.skipif(not probe.decision("deferred_lstm"),
+                                reason=f"deferred_lstm: {probe.decision('deferred_lstm').reason}")
 
 
 def run_steps(rnn, step_fn, inputs, hidden, used_steps):

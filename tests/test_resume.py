@@ -32,7 +32,7 @@ def train_losses(out) -> dict[int, float]:
 
 
 # The second: an LSTM decoder of 2 layers with input feeding, which in training runs attn's own
-# steps (seq2seq/models/lstm_step.py) with attn's dropout between the layers.
+# steps (seq2seq/kernels/lstm_step.py) with attn's dropout between the layers.
 MODELS = {"default": (), "lstm-input-feeding": ("model.arch=lstm", "model.decoder_layers=2",
                                                 "model.decoder_style=luong", "model.input_feeding=true")}
 

@@ -141,6 +141,6 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, native):
     Translator(model, lambda lines: [[4]] * len(lines), str, TranslateSettings(precision="bf16"), warn=warnings.append)
     assert bool(warnings) != native
     assert all("--precision bf16" in w and "use fp32" in w for w in warnings)
-    from seq2seq.hardware import emulated_bf16_warning
+    from seq2seq.kernels import check_bf16
 
-    assert emulated_bf16_warning(torch.device("cuda"), "train.precision") is None  # GPUs multiply bf16 natively
+    assert check_bf16(torch.device("cuda"), "train.precision") is None  # GPUs multiply bf16 natively

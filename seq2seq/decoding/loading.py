@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from seq2seq import kernels
 from seq2seq.config import Config, config_from_dict
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.errors import UserError
@@ -73,3 +74,10 @@ def check_same_vocabulary(loaded: LoadedModel, tokenizer: Tokenizer, tokenizer_o
             f"(vocabulary {tokenizer.src_vocab_size}/{tokenizer.tgt_vocab_size} vs "
             f"{loaded.tokenizer.src_vocab_size}/{loaded.tokenizer.tgt_vocab_size}); {fix}"
         )
+
+
+def use_cpu_kernels(config: Config, override: str | None = None) -> None:
+    """For a command that decodes: the CPU fast paths the checkpoint was trained with
+    (train.cpu_kernels) or ``override`` (--cpu-kernels), and the process settings that go with them."""
+    kernels.configure(override or config.train.cpu_kernels)
+    kernels.tune_process()

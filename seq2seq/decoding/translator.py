@@ -24,9 +24,7 @@ from seq2seq.data.special import EOS_ID, PAD_ID
 from seq2seq.decoding.search import Hypothesis, beam_search, gnmt_length_penalty, greedy_search, sample
 from seq2seq.decoding.workers import DecodeWorkers
 from seq2seq.errors import UserError
-from seq2seq.hardware import emulated_bf16_warning
-from seq2seq.memory import keep_freed_memory
-from seq2seq.models.linear import packed_weights
+from seq2seq.kernels import check_bf16, packed_weights
 
 if TYPE_CHECKING:
     from seq2seq.data.tokenizer import Tokenizer
@@ -84,7 +82,8 @@ class Translator:
 
     ``src_encode`` maps lines to source piece ids (without EOS); ``tgt_decode`` maps output
     piece ids back to text. ``warn`` receives one message per truncated line. ``engine``
-    (settings.engine ctranslate2) searches in place of attn's own search.
+    (settings.engine ctranslate2) searches in place of attn's own search. ``precision_key``
+    names the setting that asked for bf16, in its warning or refusal.
     """
 
     def __init__(
@@ -95,18 +94,17 @@ class Translator:
         settings: TranslateSettings,
         warn: Callable[[str], None] = log.warning,
         engine: CTranslate2Search | None = None,
+        precision_key: str = "--precision",
     ):
         if settings.nbest > settings.beam_size and not settings.sampling:
             raise UserError(
                 f"nbest {settings.nbest} is larger than the beam size {settings.beam_size} (--beam or "
                 "decode.beam_size); raise the beam size or lower --nbest"
             )
-        self.model = with_precision(model, settings.precision)
-        if settings.precision == "bf16" and (warning := emulated_bf16_warning(_device_of(model), "--precision")):
+        if settings.precision == "bf16" and (warning := check_bf16(_device_of(model), precision_key)):
             warn(warning)
-        if _device_of(model).type == "cpu":
-            keep_freed_memory()
-        elif settings.workers > 1:
+        self.model = with_precision(model, settings.precision)
+        if _device_of(model).type != "cpu" and settings.workers > 1:
             raise UserError(f"--workers {settings.workers}: worker processes decode on the CPU only; "
                             "drop --workers to decode on the GPU")
         self.workers: DecodeWorkers | None = None  # started at the first call that has batches to share

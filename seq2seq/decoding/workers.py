@@ -35,8 +35,7 @@ from torch import nn
 
 from seq2seq.decoding.search import Hypothesis
 from seq2seq.errors import UserError
-from seq2seq.memory import keep_freed_memory
-from seq2seq.models.linear import packed_weights
+from seq2seq import kernels
 
 if TYPE_CHECKING:
     from seq2seq.decoding.translator import TranslateSettings
@@ -68,7 +67,7 @@ class DecodeWorkers:
             self.children,
             mp_context=context,
             initializer=_start_child,
-            initargs=(decode_batch, model, settings, self.threads_each, self.unclaimed),
+            initargs=(decode_batch, model, settings, self.threads_each, self.unclaimed, kernels.mode()),
         )
         # Start the children now: they receive the model as it is at this point, before the
         # caller packs its weights (packed copies are oneDNN tensors that cannot be shared).
@@ -127,17 +126,18 @@ _child: dict[str, Any] = {}
 
 
 def _start_child(decode_batch: DecodeBatch, model: nn.Module, settings: TranslateSettings, threads: int,
-                 unclaimed) -> None:
+                 unclaimed, kernels_mode: str) -> None:
     # Ctrl-C (and `timeout`'s SIGTERM) reach the whole process group; the parent alone handles
     # them, and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    keep_freed_memory()
+    kernels.configure(kernels_mode)  # the parent's choice, and its process settings
+    kernels.tune_process()
     model.eval()
     # Packed for the life of the process (the model never changes there); the context is
     # kept referenced, as a collected one would unpack the weights.
-    packed = packed_weights(model, settings.batch_size)
+    packed = kernels.packed_weights(model, settings.batch_size)
     packed.__enter__()
     _child.update(decode_batch=decode_batch, model=model, settings=settings, packed=packed, unclaimed=unclaimed)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from seq2seq.config import DecodeConfig
 from seq2seq.data.corpus import count_text_lines, read_lines
-from seq2seq.decoding.loading import load_model
+from seq2seq.decoding.loading import load_model, use_cpu_kernels
 from seq2seq.decoding.translator import TranslateSettings, make_translator
 from seq2seq.errors import UserError
 from seq2seq.files import not_a_file
@@ -40,11 +40,13 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
                         report_dir: Path | None, device: str = "cpu",
                         warn=lambda message: None, precision: str | None = None,
                         workers: int = 1, decode: DecodeConfig | None = None,
-                        engine: str = "torch") -> tuple[dict[str, Any], Path]:
+                        engine: str = "torch", cpu_kernels: str | None = None) -> tuple[dict[str, Any], Path]:
     """Translate ``src``, score against ``refs``, write the report; returns (report, report_dir).
     Decoding follows ``decode`` (default: the checkpoint's decode settings), then ``beam`` and
-    ``precision`` where given; ``workers``: decoding processes (Translator); ``engine``: --engine."""
+    ``precision`` where given; ``workers``: decoding processes (Translator); ``engine``: --engine;
+    ``cpu_kernels``: --cpu-kernels (default: the checkpoint's train.cpu_kernels)."""
     loaded = load_model(checkpoint, device)
+    use_cpu_kernels(loaded.config, cpu_kernels)
     settings = TranslateSettings.from_config(decode or loaded.config.decode, workers=workers, engine=engine)
     if beam is not None:
         settings.beam_size = beam

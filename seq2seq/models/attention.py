@@ -31,8 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from seq2seq.models.fastops import tanh_
-from seq2seq.models.linear import Linear
+from seq2seq.kernels import Linear, tanh_
 
 # ------------------------------------------------------------------ pure functions
 

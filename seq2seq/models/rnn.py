@@ -24,10 +24,8 @@ from torch import Tensor, _VF, nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
-from seq2seq.models import lstm_step
+from seq2seq.kernels import Dropout, Linear, dropout, lstm_step
 from seq2seq.models.attention import build_attention, context_size
-from seq2seq.models.fastops import Dropout, dropout
-from seq2seq.models.linear import Linear
 from seq2seq.models.state import SharedRows, reorder_state
 
 RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}

@@ -28,9 +28,8 @@ from torch import Tensor, nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
-from seq2seq.models.fastops import Dropout, ReLUDropout, dropout_noise
-from seq2seq.models.fastops import dropout as fast_dropout
-from seq2seq.models.linear import Linear
+from seq2seq.kernels import Dropout, Linear, ReLUDropout
+from seq2seq.kernels import dropout as fast_dropout
 from seq2seq.models.state import SharedRows, reorder_state
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}

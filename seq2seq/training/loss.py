@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from seq2seq.data.special import PAD_ID
-from seq2seq.models.linear import linear, matmul_nt
+from seq2seq.kernels import linear, matmul_nt
 
 
 @dataclass

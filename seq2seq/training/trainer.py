@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seq2seq import CHECKPOINT_FORMAT, __version__
+from seq2seq import CHECKPOINT_FORMAT, __version__, kernels
 from seq2seq.config import Config, dump_config
 from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.prepare import PreparedData, prepare_data
@@ -43,8 +43,6 @@ from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
 from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV
 from seq2seq.files import missing_folders, removed_if_failed, write_text_atomic
-from seq2seq.hardware import emulated_bf16_warning
-from seq2seq.memory import keep_freed_memory
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
 from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, broadcast_from_main,
@@ -96,7 +94,34 @@ def pick_device(cfg: Config, info: DistInfo) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("train.device: cuda was asked for but no GPU is visible; use auto or cpu")
-    return torch.device("cuda", info.local_rank)
+    return torch.device("cuda", local_cuda_index(info.local_rank, torch.cuda.device_count()))
+
+
+def local_cuda_index(local_rank: int, visible: int) -> int:
+    """The GPU this process trains on: its LOCAL_RANK among the GPUs it sees, or the only one it
+    sees (a scheduler that sets CUDA_VISIBLE_DEVICES per rank gives each process one GPU, cuda:0)."""
+    if visible == 1:
+        return 0
+    if local_rank < visible:
+        return local_rank
+    raise UserError(f"LOCAL_RANK {local_rank} but this process sees {visible} GPUs; give each process one GPU "
+                    "(CUDA_VISIBLE_DEVICES) or at least as many as ranks per node")
+
+
+def check_precisions(cfg: Config, device: torch.device, log: Callable[[str], None]) -> None:
+    """bf16 in train.precision or decode.precision (which validation uses): refused before
+    anything is written where it cannot run on this CPU, a warning where it is emulated."""
+    for key, value in (("train.precision", cfg.train.precision), ("decode.precision", cfg.decode.precision)):
+        if value == "bf16" and (warning := kernels.check_bf16(device, key)):
+            log(f"warning: {warning}")
+
+
+def make_deterministic() -> None:
+    """train.deterministic: the same algorithms every run, so a resumed GPU run repeats the
+    uninterrupted one bit for bit (cuBLAS needs its workspace fixed before its first use)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def seed_everything(seed: int) -> None:
@@ -201,8 +226,6 @@ class Trainer:
     def __init__(self, cfg: Config, prepared: PreparedData, info: DistInfo, device: torch.device,
                  log: Callable[[str], None]) -> None:
         self.cfg, self.prepared, self.info, self.device, self.log = cfg, prepared, info, device, log
-        if device.type == "cpu":
-            keep_freed_memory()
         self.out = Path(cfg.output_dir)
         tok = prepared.tokenizer
         self.model = build_model(cfg.model, tok.src_vocab_size, tok.tgt_vocab_size).to(device)
@@ -227,8 +250,6 @@ class Trainer:
             seed=cfg.train.seed, shuffle=True, rank=info.rank, world_size=info.world_size)
         self.accumulation = accumulation_steps(cfg, info.world_size)
         if (warning := uneven_update_warning(cfg, info.world_size)) is not None:
-            log(f"warning: {warning}")
-        if cfg.train.precision == "bf16" and (warning := emulated_bf16_warning(device, "train.precision")):
             log(f"warning: {warning}")
         if cfg.train.warmup_steps >= cfg.train.max_steps:
             log(f"warning: train.warmup_steps ({cfg.train.warmup_steps}) is not below train.max_steps "
@@ -265,9 +286,11 @@ class Trainer:
                           "tgt": ckpt.bytes_to_tensor(tgt_bytes) if tgt_bytes is not None else None},
         }
 
-    def save(self, best: bool = False) -> None:
-        """Write the step checkpoint (and best.pt); every rank calls it, rank 0 writes."""
-        rng_states = all_gather_objects(ckpt.rng_state(self.device), self.info)
+    def save(self, best: bool = False, alone: bool = False) -> None:
+        """Write the step checkpoint (and best.pt); every rank calls it, rank 0 writes.
+        ``alone``: rank 0 writes without the other ranks' RNG states (it is failing on its own)."""
+        own = ckpt.rng_state(self.device)
+        rng_states = [own] if alone else all_gather_objects(own, self.info)
         self.saved_step = self.state.step
         self.state.target_tokens += int(self.tokens_since_save)
         self.tokens_since_save.zero_()
@@ -523,7 +546,15 @@ class Trainer:
         if self.info.is_main:
             from seq2seq.training.validation import validate
 
-            result = validate(self.model, self.prepared, self.cfg, self.device, abandon=lambda: self.interrupted)
+            try:
+                result = validate(self.model, self.prepared, self.cfg, self.device, abandon=lambda: self.interrupted)
+            except Exception:
+                # Whatever broke the validation, the updates before it are not lost.
+                if self.saved_step != self.state.step:
+                    self.save(alone=True)
+                self.log(f"validation at step {self.state.step} failed; the model of that step is saved in "
+                         f"{ckpt.step_checkpoint_path(self.out, self.state.step)}")
+                raise
             if result is None:
                 self.log(f"validation at step {self.state.step} abandoned: stopping")
             else:
@@ -731,6 +762,10 @@ def _train_in_group(cfg: Config, info: DistInfo, resume: bool, overwrite: bool, 
                     quiet: bool) -> TrainSummary:
     """``train`` within the process group (under torchrun) and the folder clean-up."""
     device = pick_device(cfg, info)
+    kernels.configure(cfg.train.cpu_kernels)
+    check_precisions(cfg, device, log if info.is_main else (lambda m: None))
+    if cfg.train.deterministic:
+        make_deterministic()
     join_group(info, device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

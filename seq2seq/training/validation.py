@@ -68,7 +68,8 @@ def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torc
         references = list(itertools.islice(read_lines(ref_path), limit))
         tok = prepared.tokenizer
         settings = dataclasses.replace(TranslateSettings.from_config(cfg.decode), beam_size=cfg.train.valid_beam_size)
-        translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda message: None)
+        translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda message: None,
+                                precision_key="decode.precision")
         hypotheses: list[str] = []
         for first in range(0, len(sources), ABANDON_CHECK_SENTENCES):
             if abandon():

@@ -8,7 +8,7 @@ elements from the same default generator (so ``torch.manual_seed`` and the check
 state still make runs repeatable) and keeps an element when its 16 bits are at least the
 threshold: the drop probability is round(p * 65536) / 65536, within 8e-6 of p, and the kept
 elements are scaled by the exact inverse of the keep probability, so the expectation is
-unchanged. On other devices it is ``F.dropout`` itself.
+unchanged. On other devices, and where the probe turned it down, it is ``F.dropout`` itself.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from seq2seq.kernels import probe
 
 _LEVELS = 1 << 16  # 16 random bits per element
 
@@ -38,7 +40,8 @@ def dropout_noise(shape: torch.Size | tuple[int, ...], p: float, device: torch.d
 def _fast_path(x: Tensor, p: float) -> bool:
     """Whether the fast noise applies: float CPU tensors, and not inside torch.compile, whose
     graph breaks at random_ (F.dropout it compiles into the graph)."""
-    return x.device.type == "cpu" and p < 1.0 and x.is_floating_point() and not torch.compiler.is_compiling()
+    return (x.device.type == "cpu" and p < 1.0 and x.is_floating_point() and not torch.compiler.is_compiling()
+            and probe.get("fast_dropout") is not None)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -89,15 +92,23 @@ class _ReluDropout(torch.autograd.Function):
 
 
 def tanh_(x: Tensor) -> Tensor:
-    """In-place tanh as 2 * sigmoid(2x) - 1: within 2e-7 of torch.tanh (absolute).
+    """tanh(x), in place where it can be: as 2 * sigmoid(2x) - 1, within 2e-7 of torch.tanh.
 
-    torch.tanh on this CPU goes through MKL's vector math, which on AMD processors runs a
-    generic code path: 2.3 ms per million floats, ten times torch's own vectorised sigmoid.
-    Four in-place passes of the formula take 0.4 ms. Used where tanh meets a big tensor
-    (additive attention's [B,T,S,A] energies); its backward is tanh's, 1 - y^2.
+    torch.tanh on the CPU goes through MKL's vector math, which on AMD processors runs a generic
+    code path, ten times slower than torch's own vectorised sigmoid; four in-place passes of the
+    formula are several times faster (README, benchmarks). Used where tanh meets a big tensor
+    (additive attention's [B,T,S,A] energies); its backward is tanh's, 1 - y^2. CPU only: on a
+    GPU, and where the probe turned it down, this is torch.tanh (not in place).
     """
+    if x.device.type != "cpu" or probe.get("fast_tanh") is None:
+        return torch.tanh(x)
     if x.requires_grad:
         return _TanhInplace.apply(x)
+    return sigmoid_tanh_(x)
+
+
+def sigmoid_tanh_(x: Tensor) -> Tensor:
+    """tanh(x) = 2 * sigmoid(2x) - 1, computed in place in x."""
     return x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
 
 
@@ -105,7 +116,7 @@ class _TanhInplace(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
         ctx.mark_dirty(x)
-        y = x.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
+        y = sigmoid_tanh_(x)
         ctx.save_for_backward(y)
         return y
 

@@ -1,23 +1,21 @@
 """Linear layers whose float32 matrix products run on oneDNN instead of MKL on the CPU.
 
 PyTorch multiplies float32 matrices on the CPU with MKL, and MKL picks its fast AVX-512 code
-only on Intel processors: on the AMD EPYC (Zen 5) that attn is benchmarked on it ran at
-160-180 GFLOP/s on 2 threads, where oneDNN (bundled with PyTorch for its bf16 and RNN kernels)
-reached 360-400 GFLOP/s on the same products, in float32, with float32 rounding (no reduced
-precision). ``linear`` computes ``F.linear`` with oneDNN there, forward and backward; bf16
-(autocast or bf16 weights), other devices, and builds without oneDNN use ``F.linear`` as before.
-``ONEDNN_LINEAR = False`` turns it off (for A/B measurements).
+only on Intel processors; oneDNN (bundled with PyTorch for its bf16 and RNN kernels) was much
+faster on the same products on AMD's, in float32, with float32 rounding (figures in the README's
+benchmark section). ``linear`` computes ``F.linear`` with oneDNN there, forward and backward;
+bf16 (autocast or bf16 weights), other devices, and where the probe (``probe.py``) turned the
+op down use ``F.linear`` as before.
 
 Decoding multiplies the same weights by a few dozen rows at every step, and there oneDNN is
 faster still with weights stored in its own blocked layout: ``packed_weights`` keeps such a copy
-of every ``Linear`` weight for the duration of a translation (measured on config T, 64 rows:
-the 8,000-word output layer 1.09 -> 0.63 ms, greedy decoding of 640 sentences 5.6 -> 4.5 s).
+of every ``Linear`` weight for the duration of a translation, in the dtypes whose probe passed
+(packed bf16 needs AVX-512 or AVX-NE-CONVERT).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
@@ -25,40 +23,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-
-def _onednn_linear_op():
-    """torch.ops.mkldnn._linear_pointwise (x, weight [N,K], bias, ...) -> x @ weight.T + bias, or None."""
-    try:
-        if not torch.backends.mkldnn.is_available():
-            return None
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
-
-
-# Two caches keep about 0.5 MB for every input shape they have seen, 1,024 shapes each by
-# default: oneDNN's compiled kernels and PyTorch's (ideep's) LRU cache of prepared products.
-# Training sees a new row count with nearly every batch, so config T's peak RSS grew step after
-# step (2.5 GB after 135 steps, against 1.3 GB with both at 16); 16 made it no slower. But one
-# training step of config R (an LSTM decoder run step by step, with attention) uses more than
-# 16 kernels, which then evicted each other at every decoder step: 32 kernels made R 10-15 %
-# faster (4,100-4,500 -> 4,500-5,100 tok/s) and T no slower, for 50 MB more; 64 was no faster
-# than 32. Both are read when oneDNN first runs, so they are set before any model exists.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
-os.environ.setdefault("LRU_CACHE_CAPACITY", "16")
-_LINEAR_POINTWISE = _onednn_linear_op()
-ONEDNN_LINEAR = _LINEAR_POINTWISE is not None
-
+from seq2seq.kernels import probe
 
 def uses_onednn(x: Tensor, weight: Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
     """Whether ``linear(x, weight)`` runs on oneDNN (``dtypes``: those it is wanted for)."""
-    return (ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in dtypes
-            and not torch.is_autocast_enabled("cpu"))
+    return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in dtypes
+            and not torch.is_autocast_enabled("cpu") and probe.get("onednn_linear") is not None)
 
 
 def onednn_matmul_nt(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
     """a @ b.T (+ bias) with oneDNN: a [..., K], b [N, K] -> [..., N]. Float32 CPU tensors only."""
-    return _LINEAR_POINTWISE(_no_broadcast(a), _no_broadcast(b), bias, "none", [], "")
+    return probe.get("onednn_linear")(_no_broadcast(a), _no_broadcast(b), bias, "none", [], "")
 
 
 def _no_broadcast(x: Tensor) -> Tensor:
@@ -117,9 +92,17 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
-# bf16 too (a bf16 copy of a model decodes with bf16 weights): oneDNN multiplies bf16 in any
-# case, and the blocked layout made it 10-25 % faster at decoding's row counts.
-_PACKED_DTYPES = (torch.float32, torch.bfloat16)
+# Packed in bf16 too (a bf16 copy of a model decodes with bf16 weights): the blocked layout made
+# it 10-25 % faster at decoding's row counts where oneDNN multiplies bf16 natively.
+_PACKED = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}
+
+
+def _packing(x: Tensor, weight: Tensor):
+    """oneDNN's weight reorder op where a no-gradient product of x and weight may use it, else None."""
+    name = _PACKED.get(x.dtype)
+    if name is None or torch.is_grad_enabled() or not uses_onednn(x, weight, tuple(_PACKED)):
+        return None
+    return probe.get(name)
 
 
 class Linear(nn.Linear):
@@ -130,11 +113,10 @@ class Linear(nn.Linear):
     packed: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if (self.packed_rows is not None and not torch.is_grad_enabled()
-                and uses_onednn(x, self.weight, _PACKED_DTYPES)):
+        if self.packed_rows is not None and (reorder := _packing(x, self.weight)) is not None:
             if self.packed is None:  # at first use: layers the search never calls stay unpacked
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), self.packed_rows)
-            return _LINEAR_POINTWISE(_no_broadcast(x), self.packed, self.bias, "none", [], "")
+                self.packed = reorder(self.weight.detach(), self.packed_rows)
+            return probe.get("onednn_linear")(_no_broadcast(x), self.packed, self.bias, "none", [], "")
         return linear(x, self.weight, self.bias)
 
 
@@ -142,8 +124,11 @@ class Linear(nn.Linear):
 def packed_weights(model: nn.Module, rows: int) -> Iterator[None]:
     """Inside, ``model``'s Linear layers multiply (without gradients) by copies of their
     weights reordered for about ``rows`` input rows; the copies are freed on leaving, so weights
-    that change afterwards (a model in training, validated now and then) are never stale."""
-    layers = [m for m in model.modules() if isinstance(m, Linear)] if ONEDNN_LINEAR else []
+    that change afterwards (a model in training, validated now and then) are never stale.
+    Only for a model on the CPU, and only where a packed dtype passed its probe."""
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    wanted = on_cpu and any(probe.get(name) is not None for name in _PACKED.values())
+    layers = [m for m in model.modules() if isinstance(m, Linear)] if wanted else []
     for layer in layers:
         layer.packed_rows = rows
     try:

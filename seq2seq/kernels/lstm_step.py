@@ -20,15 +20,16 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from seq2seq.models.fastops import dropout
-from seq2seq.models.linear import onednn_matmul_nt, uses_onednn
+from seq2seq.kernels import probe
+from seq2seq.kernels.fastops import dropout
+from seq2seq.kernels.onednn import onednn_matmul_nt, uses_onednn
 
 
 def applies(rnn: nn.Module, x: Tensor) -> bool:
     """Whether ``DeferredLSTM(rnn)`` should run steps of input ``x``: a plain one-direction
     LSTM, in float32 on the CPU with oneDNN, and gradients wanted."""
     return (isinstance(rnn, nn.LSTM) and not rnn.bidirectional and rnn.proj_size == 0 and rnn.batch_first
-            and torch.is_grad_enabled() and uses_onednn(x, rnn.weight_ih_l0))
+            and torch.is_grad_enabled() and uses_onednn(x, rnn.weight_ih_l0) and probe.get("deferred_lstm") is not None)
 
 
 class DeferredLSTM:
@@ -127,3 +128,21 @@ class _LSTMStep(torch.autograd.Function):
         grad_xh = onednn_matmul_nt(gate_grads, weight_t)
         inputs = xh.size(1) - size
         return grad_xh[:, :inputs], grad_xh[:, inputs:], grad_c_total * f, None, None, None, None
+
+
+def matches_nn_lstm() -> bool:
+    """The probe's check: a tiny 2-layer LSTM run step by step gives nn.LSTM's outputs and
+    gradients (inputs, weights) through DeferredLSTM."""
+    rnn = nn.LSTM(5, 4, num_layers=2, batch_first=True)
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    hidden = (torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
+    results = []
+    for run in (rnn, DeferredLSTM(rnn)):
+        state, outputs = hidden, []
+        for t in range(x.size(1)):
+            output, state = run(x[:, t : t + 1], state)
+            outputs.append(output)
+        out = torch.cat(outputs, dim=1)
+        grads = torch.autograd.grad(out.square().sum(), [x, rnn.weight_ih_l0, rnn.weight_hh_l1, rnn.bias_ih_l1])
+        results.append((out.detach(), *grads))
+    return all(torch.allclose(a, b, rtol=1e-4, atol=1e-5) for a, b in zip(*results))
