@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-quality bench-scale clean
+.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale clean
 
 install: $(STAMP)
 
@@ -30,6 +30,16 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# The model, kernel, search, translation and training tests as on a CPU without AVX-512 and
+# without attn's fast paths: stock PyTorch only, oneDNN and ATen limited to AVX2.
+PORTABLE_ENV   := ATTN_CPU_KERNELS=off ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+PORTABLE_TESTS := tests/test_models.py tests/test_attention.py tests/test_kernels.py tests/test_linear.py \
+                  tests/test_fastops.py tests/test_lstm_step.py tests/test_search.py tests/test_translate.py \
+                  tests/test_training.py tests/test_resume.py
+
+test-portable: install
+	$(PORTABLE_ENV) $(PY) -m pytest -q $(PORTABLE_TESTS)
 
 bench: install
 	$(PY) -m bench.run

@@ -241,3 +241,15 @@ def test_a_refusal_by_rank_0_stops_every_rank_with_one_error_line(tiny_corpus, t
     assert "Connection" not in proc.stderr and "cli/main.py" not in proc.stderr, proc.stderr
     assert re.search(r"exitcode\s*: 2", proc.stderr), proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+
+
+def test_each_rank_trains_on_the_gpu_it_sees():
+    """torchrun's LOCAL_RANK indexes the node's GPUs, unless a scheduler gave each process its
+    own single GPU (CUDA_VISIBLE_DEVICES per rank): then that one is cuda:0."""
+    from seq2seq.errors import UserError
+    from seq2seq.training.trainer import local_cuda_index
+
+    assert [local_cuda_index(rank, 4) for rank in range(4)] == [0, 1, 2, 3]
+    assert [local_cuda_index(rank, 1) for rank in range(3)] == [0, 0, 0]
+    with pytest.raises(UserError, match="LOCAL_RANK 3 but this process sees 2 GPUs"):
+        local_cuda_index(3, 2)

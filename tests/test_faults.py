@@ -193,3 +193,26 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_corpus, tmp_
     assert ckpt.load_checkpoint(previous)["run_state"]["step"] == 2
     assert ckpt.step_checkpoints(out) == [previous]
     assert temp_files(out) == []
+
+
+def test_a_validation_that_fails_leaves_a_checkpoint_of_its_step(tiny_corpus, tmp_path, monkeypatch):
+    """Validation runs before the step's checkpoint is written: whatever breaks it (a kernel
+    the CPU lacks, a full disk for the plot), the updates since the last checkpoint survive."""
+    import seq2seq.training.validation as validation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bf16 op this CPU cannot run")
+
+    monkeypatch.setattr(validation, "validate", broken)
+    out = tmp_path / "run"
+    messages = []
+    with pytest.raises(RuntimeError, match="this CPU cannot run"):
+        train(tiny_corpus.config(out, "train.max_steps=6", "train.valid_every=3", "train.log_every=1"),
+              log=messages.append, quiet=True)
+    saved = ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 3))
+    assert saved["run_state"]["step"] == 3 and "optimizer" in saved
+    assert any("validation at step 3 failed" in m and "step_00000003.pt" in m for m in messages)
+    monkeypatch.undo()
+    resumed = train(tiny_corpus.config(out, "train.max_steps=6", "train.valid_every=100"), resume=True,
+                    log=lambda m: None, quiet=True)
+    assert resumed.steps == 6
