@@ -193,3 +193,19 @@ def test_attn_kernels_lists_every_decision():
     for name in probe.PROBES:
         assert f"{name} " in result.output
     assert result.output.count("off (cpu kernels: off)") == len(probe.PROBES)
+
+
+@pytest.mark.parametrize("honoured", [True, False])
+def test_a_non_finite_update_is_skipped_whether_or_not_found_inf_is_honoured(monkeypatch, honoured):
+    from seq2seq.kernels import optim
+
+    if honoured and not optim.found_inf_skips("cpu"):
+        pytest.skip("fused Adam on this torch ignores found_inf")
+    monkeypatch.setattr(optim, "found_inf_skips", lambda device_type: honoured)
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([param], lr=0.1, fused=True)
+    for bad, changes in ((True, False), (False, True)):
+        param.grad = torch.ones(3)
+        before = param.detach().clone()
+        optim.step_unless(optimizer, torch.tensor(bad))
+        assert (not torch.equal(param, before)) == changes

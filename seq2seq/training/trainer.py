@@ -43,6 +43,7 @@ from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
 from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV
 from seq2seq.files import missing_folders, removed_if_failed, write_text_atomic
+from seq2seq.kernels.optim import step_unless
 from seq2seq.models.builder import build_model, describe_model
 from seq2seq.training import checkpoint as ckpt
 from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, broadcast_from_main,
@@ -400,8 +401,8 @@ class Trainer:
         """Clip and step with the gradients ``accumulate_gradients`` left; count the update.
 
         A non-finite loss or gradient norm skips the update inside the fused optimizer
-        (``found_inf``): parameters and Adam moments stay as they were, and nothing waits on the
-        device. Skipped updates still count as steps; ``check_non_finite`` reads the counters.
+        (``found_inf``, see kernels/optim.py): parameters and Adam moments stay as they were,
+        and nothing waits on the device. Skipped updates still count as steps; ``check_non_finite`` reads the counters.
         """
         cfg = self.cfg.train
         max_norm = cfg.clip_norm if cfg.clip_norm > 0 else math.inf
@@ -416,8 +417,7 @@ class Trainer:
             self.scaler.update()
             bad = ~loss_finite  # fp16 gradient overflow is routine: the scaler lowers its scale
         else:
-            self.optimizer.found_inf = (~finite).float()
-            self.optimizer.step()
+            step_unless(self.optimizer, ~finite)
             bad = ~finite
         self.optimizer.zero_grad(set_to_none=True)
         self.bad_run = (self.bad_run + 1) * bad
