@@ -15,14 +15,19 @@
    batch (320 rows, no ratio: the peers ran 64); and with ``--engine ctranslate2`` (the same
    model searched by CTranslate2, when installed); BLEU beside each, so a speed-up that costs
    quality shows,
-then a table with the peers' numbers and the ratios (at the peers' settings only), saved to
-``bench/out/results.json``. The beam's length penalty is attn's (GNMT, alpha 1), where fairseq
-and OpenNMT-py divide by the length: attn's outputs are a little shorter (28 pieces against
-29-42), which lowers its pieces/s for the same sentences/s.
+then a table with the peers' numbers, saved to ``bench/out/results.json``. The beam's length
+penalty is attn's (GNMT, alpha 1), where fairseq and OpenNMT-py divide by the length: attn's
+outputs are a little shorter (28 pieces against 29-42), which lowers its pieces/s for the same
+sentences/s.
 
-Peer figures are the best of ../shared/bench/peers/results.md (same machine class). Decoding
-speed is in output pieces per second; pieces per sentence are printed beside it, since a
-model whose outputs are longer (repetitive) gets more pieces out of every step.
+The peers' figures (``bench/peers.py`` says how and why): before attn's runs, the peers named
+by ``--peers`` (default fairseq) whose environments exist train configs T and R for
+``--peer-seconds`` each with their own scripts, and only these same-sitting figures get a
+ratio; every other peer figure (and all of decoding) is the stored one, printed with the
+machine it was measured on and no ratio. The table names this machine's processor, where each
+peer figure comes from, and which of attn's CPU fast paths were on. Decoding speed is in output
+pieces per second; pieces per sentence are printed beside it, since a model whose outputs are
+longer (repetitive) gets more pieces out of every step.
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from pathlib import Path
 
 import torch
 
-from seq2seq.kernels import native_bf16, probe
+from bench import peers
+from bench.peers import PeerFigure
+from seq2seq.kernels import decisions, native_bf16, probe
 from seq2seq.kernels.onednn import onednn_matmul_nt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,13 +143,37 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=sorted(CONFIGS), action="append")
     parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--peers", default=os.environ.get(peers.PEERS_ENV_VAR, peers.DEFAULT_PEERS),
+                        help="peers whose training throughput runs in this sitting, where their environment exists "
+                             f"({', '.join(peers.KNOWN_PEERS)}; 'none': stored figures only, no ratios; "
+                             f"default ${peers.PEERS_ENV_VAR} or {peers.DEFAULT_PEERS})")
+    parser.add_argument("--peer-seconds", type=int, default=peers.DEFAULT_SECONDS,
+                        help="wall-clock seconds of each peer training run (the peers' own figures: 300)")
     args = parser.parse_args()
     if not (CORPUS / "train.es").exists():
         sys.exit(f"the full corpus is not at {CORPUS}; the benchmarks need it")
 
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    results: dict = {"threads": args.threads, "torch": torch.__version__}
+    machine = peers.this_machine()
+    results: dict = {"threads": args.threads, "torch": torch.__version__,
+                     "machine": {"processor": machine.processor, "isa": machine.isa, "label": machine.label},
+                     "cpu_fast_paths": {name: {"on": bool(d), "reason": d.reason} for name, d in decisions().items()}}
+
+    # The peers first: their figures are the only ones a ratio may use, and a missing environment
+    # shows before attn's ten minutes rather than after.
+    configs = [name for name in ("T", "R") if name in (args.only or CONFIGS)]
+    requested = peers.parse_peer_list(args.peers)
+    if args.threads != peers.PEER_THREADS:
+        why = f"attn runs on {args.threads} threads, the peers' scripts on {peers.PEER_THREADS}"
+        sitting = peers.Sitting(args.peer_seconds, skipped={peer: why for peer in requested})
+    else:
+        sitting = peers.rerun_throughput(requested, configs, args.peer_seconds, OUT / "peers")
+    stored = peers.closest_first(peers.load_stored(), machine)
+    results["peer_sitting"] = {"requested": requested, "seconds": sitting.seconds, "runs": sitting.summaries,
+                               "not_rerun": sitting.skipped}
+    results["peer_figures"] = {key: figure.to_json() for key, figure in
+                               peers.peer_figures(sitting.summaries, stored, machine, sitting.seconds).items()}
     results["matmul_ceiling_gflops"] = matmul_ceiling(args.threads)
     if probe.get("onednn_linear") is not None:
         results["matmul_ceiling_onednn_gflops"] = matmul_ceiling(args.threads, onednn=True)
@@ -206,56 +237,88 @@ def ctranslate2_installed() -> bool:
     return True
 
 
+def peer_cells(attn: float, figure: PeerFigure | None) -> tuple[str, str, str]:
+    """The peer's figure, where it comes from, and the ratio (only for this sitting's figures)."""
+    if figure is None:
+        return "", "", ""
+    r = peers.ratio(attn, figure)
+    where = f"{figure.where} ({figure.detail})" if figure.detail else figure.where
+    return f"{figure.value:,.0f} ({figure.peer})", where, f"{r:.2f}x" if r is not None else ""
+
+
 def render_table(results: dict) -> str:
-    best = {  # best peer figures of ../shared/bench/peers/results.md (fairseq/OpenNMT-py, same machine class)
-        "train_T": 2373, "train_R": 3711, "rss_T": 1844,
-        "decode_T_beam1": 5494, "decode_T_beam5": 1322,
-    }
-    rows = [("figure", "attn", "best peer", "ratio")]
+    figures = {key: PeerFigure.from_json(data) for key, data in results.get("peer_figures", {}).items()}
+    rows = [("figure", "attn", "peer", "peer figure from", "ratio")]
     for name in ("T", "R"):
         t = results.get(f"train_{name}")
         if not t:
             continue
-        rows.append((f"train {name}: target tok/s", f"{t['tgt_tokens_per_s']:,.0f}", f"{best[f'train_{name}']:,}",
-                     f"{t['tgt_tokens_per_s'] / best[f'train_{name}']:.2f}x"))
-        rows.append((f"train {name}: source tok/s", f"{t['src_tokens_per_s']:,.0f}", "", ""))
+        train_peer = figures.get(f"train_{name}")
+        rows.append((f"train {name}: target tok/s", f"{t['tgt_tokens_per_s']:,.0f}",
+                     *peer_cells(t["tgt_tokens_per_s"], train_peer)))
+        rows.append((f"train {name}: source tok/s", f"{t['src_tokens_per_s']:,.0f}", "", "", ""))
         rows.append((f"train {name}: peak RSS MiB", f"{t['peak_rss_mib']:,.0f}",
-                     f"{best['rss_T']:,}" if name == "T" else "1,642", ""))
-        rows.append((f"train {name}: padding", f"{t['padding_ratio']:.1%}", "", ""))
-        # The peers' GFLOP/s with the same FLOPs per token (the same model).
+                     *peer_cells(t["peak_rss_mib"], figures.get(f"rss_{name}"))))
+        rows.append((f"train {name}: padding", f"{t['padding_ratio']:.1%}", "", "", ""))
+        # The peer's GFLOP/s with the same FLOPs per token (the same model); no ratio: the
+        # tok/s row above has it.
+        peer_gflops = ("", "", "")
+        if train_peer:
+            peer_gflops = (f"{t['flops_per_tgt_token'] * train_peer.value / 1e9:.0f} ({train_peer.peer})",
+                           train_peer.where, "")
         rows.append((f"train {name}: MFLOP/tgt token; GFLOP/s, utilisation", f"{t['flops_per_tgt_token'] / 1e6:.1f}; "
-                     f"{t['achieved_gflops']:.0f}, {t['utilisation']:.0%}",
-                     f"{t['flops_per_tgt_token'] * best[f'train_{name}'] / 1e9:.0f}", ""))
+                     f"{t['achieved_gflops']:.0f}, {t['utilisation']:.0%}", *peer_gflops))
         matched = results.get(f"train_{name}_general")
         if matched:
             rows.append((f"train {name}, fairseq's attention (general): target tok/s",
-                         f"{matched['tgt_tokens_per_s']:,.0f}", f"{best['train_R']:,}",
-                         f"{matched['tgt_tokens_per_s'] / best['train_R']:.2f}x"))
+                         f"{matched['tgt_tokens_per_s']:,.0f}",
+                         *peer_cells(matched["tgt_tokens_per_s"], figures.get("train_R_fairseq"))))
         fast = results.get(f"train_{name}_bf16")
         if fast:
             rows.append((f"train {name} bf16 autocast: target tok/s", f"{fast['tgt_tokens_per_s']:,.0f}",
-                         f"{best[f'train_{name}']:,}", f"{fast['tgt_tokens_per_s'] / best[f'train_{name}']:.2f}x"))
+                         *peer_cells(fast["tgt_tokens_per_s"], train_peer)))
             rows.append((f"train {name} bf16: peak RSS MiB, utilisation (bf16 ceiling)",
-                         f"{fast['peak_rss_mib']:,.0f}, {fast['utilisation']:.0%}", "", ""))
+                         f"{fast['peak_rss_mib']:,.0f}, {fast['utilisation']:.0%}", "", "", ""))
         for precision in ("fp32", "bf16"):
             for _, per_batch, _, _, key, label in DECODE_RUNS:
                 d = results.get(f"decode_{name}_{result_key(key, precision)}")
-                if d:  # compared only at the peers' 64 sentences a batch
-                    peer = best.get(f"decode_{name}_{key.split('_')[0]}") if per_batch == 64 else None
+                if d:  # the peers' figure beside the runs at their 64 sentences a batch only
+                    peer = figures.get(f"decode_{name}_{key.split('_')[0]}") if per_batch == 64 else None
                     shown = "" if precision == "fp32" else f" {precision}"
                     rows.append((f"decode {name}{shown} {label}: tok/s (sent/s), "
                                  f"{d['pieces_per_sentence']:.0f} pieces/sent, BLEU {d['bleu']:.2f}",
                                  f"{d['tokens_per_s']:,.0f} ({d['sentences_per_s']:.1f})",
-                                 f"{peer:,}" if peer else "", f"{d['tokens_per_s'] / peer:.2f}x" if peer else ""))
+                                 *peer_cells(d["tokens_per_s"], peer)))
     models = ", ".join(f"{name}: {results[f'decode_{name}_model']}" for name in ("T", "R")
                        if f"decode_{name}_model" in results)
     onednn = (f", oneDNN {results['matmul_ceiling_onednn_gflops']:.0f}" if "matmul_ceiling_onednn_gflops" in results
               else "")
     bf16 = (f", bf16 {results['matmul_ceiling_bf16_gflops']:.0f} GFLOP/s" if "matmul_ceiling_bf16_gflops" in results
             else "")
-    return (f"matmul ceiling fp32 {results['matmul_ceiling_gflops']:.0f} GFLOP/s (torch.mm){onednn}{bf16}; "
-            f"decoded models: {models}\n"
-            + markdown_table(rows))
+    return "\n".join([*sitting_lines(results),
+                      f"matmul ceiling fp32 {results['matmul_ceiling_gflops']:.0f} GFLOP/s (torch.mm){onednn}{bf16}; "
+                      f"decoded models: {models}",
+                      markdown_table(rows)])
+
+
+def sitting_lines(results: dict) -> list[str]:
+    """Above the table: this machine, which peers ran in this sitting (and why others did not),
+    when a ratio is given, and which of attn's CPU fast paths were on."""
+    sitting = results.get("peer_sitting", {})
+    lines = [f"this machine: {results.get('machine', {}).get('label', 'unknown processor')}, "
+             f"{results['threads']} threads"]
+    for peer, runs in sitting.get("runs", {}).items():
+        figures = ", ".join(f"{cfg} {run['tgt_tok_s_median']:,.0f} tok/s" if run.get("tgt_tok_s_median") is not None
+                            else f"{cfg} no figure ({run.get('note', '')})" for cfg, run in runs.items())
+        lines.append(f"peer re-run in this sitting, {sitting['seconds']} s per config: {peer}: {figures}")
+    for peer, why in sitting.get("not_rerun", {}).items():
+        lines.append(f"peer not re-run: {peer}: {why}")
+    lines.append("ratios only against a peer figure of this sitting: a stored one comes from another sitting, "
+                 "perhaps another processor")
+    lines.append("attn CPU fast paths:")
+    lines += [f"  {name}: {'on' if d['on'] else 'off'} ({d['reason']})"
+              for name, d in results.get("cpu_fast_paths", {}).items()]
+    return lines
 
 
 def markdown_table(rows: list[tuple[str, ...]]) -> str:

@@ -47,6 +47,18 @@ CpuKernelsOpt = Annotated[Optional[CpuKernels], typer.Option(
     "throughout. Default: the checkpoint's train.cpu_kernels.")]
 
 
+class Which(str, Enum):
+    """Which checkpoint of a run folder: the best validated one, or the newest."""
+
+    best = "best"
+    last = "last"
+
+
+WhichOpt = Annotated[Which, typer.Option(
+    help="For a run folder: best (best.pt, the best validated model; a warning says when a newer checkpoint "
+    "was never validated) or last (the newest step checkpoint).")]
+
+
 class Engine(str, Enum):
     """Who runs the search: attn's own (PyTorch), or CTranslate2 (decoding.ctranslate2_engine)."""
 
@@ -234,6 +246,12 @@ def train(
         best = (f"best valid {summary.metric} {summary.best_score:.2f} at step {summary.best_step}"
                 if summary.best_score is not None else "no validation ran")
         eprint(f"done: {summary.steps} steps ({summary.stopped_because}); {best}; outputs in {summary.output_dir}")
+        if summary.unvalidated is not None:
+            from seq2seq.data.corpus import corpus_paths
+
+            src, ref = corpus_paths(cfg.data.valid, cfg.data.src_lang, cfg.data.tgt_lang)
+            eprint(f"note: the final model was never validated (best.pt is the best validated one); score it with "
+                   f"`attn evaluate --checkpoint {summary.unvalidated} --src {src} --ref {ref}`")
     if summary.interrupted:  # so that `attn train ... && attn evaluate ...` stops here
         raise typer.Exit(130)
 
@@ -241,13 +259,13 @@ def train(
 # ----------------------------------------------------------------------------- translate
 
 
-def open_model(checkpoints: list[Path], tokenizer: Path | None, device: str):
+def open_model(checkpoints: list[Path], tokenizer: Path | None, device: str, which: str = "best"):
     """One checkpoint, or an ensemble of several trained with the same tokenizer."""
     from seq2seq.data.tokenizer import Tokenizer
     from seq2seq.decoding.loading import check_same_vocabulary, load_model
     from seq2seq.decoding.search import Ensemble
 
-    loaded = [load_model(path, device) for path in checkpoints]
+    loaded = [load_model(path, device, which, warn=lambda m: eprint(f"warning: {m}")) for path in checkpoints]
     for other in loaded[1:]:
         check_same_vocabulary(loaded[0], other.tokenizer, str(other.path),
                               fix="an ensemble needs checkpoints trained with the same tokenizer")
@@ -322,6 +340,7 @@ def translate(
     attention_head: Annotated[Optional[int], typer.Option(help="Transformer: head to plot (default: mean of heads).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Check this tokenizer folder against the checkpoint's.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    which: WhichOpt = Which.best,
     cpu_kernels: CpuKernelsOpt = None,
 ) -> None:
     """Translate text with a trained model (streams stdin to stdout line by line)."""
@@ -340,12 +359,12 @@ def translate(
         raise UserError(f"--temperature {temperature}: must be above 0 (lower means closer to greedy)")
     if sample and top_p <= 0:
         raise UserError(f"--top-p {top_p}: must be above 0 (1 keeps every piece)")
-    model, loaded = open_model(checkpoint, tokenizer, device)
+    model, loaded = open_model(checkpoint, tokenizer, device, which.value)
     use_cpu_kernels(loaded.config, cpu_kernels and cpu_kernels.value)
     if output is not None and output.is_file():  # translations must not replace what is being read
-        from seq2seq.training.checkpoint import resolve_checkpoint
+        from seq2seq.run_folder import resolve_checkpoint
 
-        for path in [*([input] if input else []), *map(resolve_checkpoint, checkpoint)]:
+        for path in [*([input] if input else []), *(resolve_checkpoint(c, which.value) for c in checkpoint)]:
             if path.exists() and output.samefile(path):
                 raise UserError(f"--output {output}: is an input of this command ({path}); choose another file")
         if zipfile.is_zipfile(output):  # how torch saves a checkpoint
@@ -473,6 +492,7 @@ def evaluate(
     compare: Annotated[Optional[Path], typer.Option(help="Another system's hypotheses: paired bootstrap test against --hyp.")] = None,
     report_dir: Annotated[Optional[Path], typer.Option(help="Where report.json/report.md go (default: <run>/eval or beside --hyp).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda (for --checkpoint).")] = "cpu",
+    which: WhichOpt = Which.best,
     cpu_kernels: CpuKernelsOpt = None,
 ) -> None:
     """Score translations with sacrebleu (BLEU, chrF, TER + signatures) and write a report."""
@@ -490,11 +510,12 @@ def evaluate(
             report, report_dir = translate_and_score(checkpoint, src, ref, beam, report_dir, device,
                                                      warn=lambda m: eprint(f"warning: {m}"),
                                                      precision=precision and precision.value, workers=workers,
-                                                     engine=engine.value, cpu_kernels=cpu_kernels and cpu_kernels.value)
+                                                     engine=engine.value, cpu_kernels=cpu_kernels and cpu_kernels.value,
+                                                     which=which.value)
         elif hyp is not None:
             refuse_options({"--src": src is not None, "--beam": beam is not None, "--precision": precision is not None,
                             "--workers": workers != 1, "--device": device != "cpu", "--engine": engine != Engine.torch,
-                            "--cpu-kernels": cpu_kernels is not None},
+                            "--cpu-kernels": cpu_kernels is not None, "--which": which != Which.best},
                            "applies to --checkpoint (translating first); --hyp is scored as it is")
             references = [read_text_file(path, "--ref") for path in ref]
             hypotheses = read_text_file(hyp, "--hyp")

@@ -142,6 +142,9 @@ def test_ctrl_c_stops_cleanly_after_writing_a_checkpoint(tiny_corpus, tmp_path, 
     assert 3 <= step < 100000
     assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, step))["run_state"]["step"] == step
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r][-1] == step
+    last_line = rest.strip().splitlines()[-1]  # never validated: how to score it
+    assert last_line.startswith("note: the final model was never validated")
+    assert f"attn evaluate --checkpoint {ckpt.step_checkpoint_path(out, step)} --src " in last_line
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from seq2seq.config import Config, config_from_dict
 from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model
+from seq2seq.run_folder import resolve_checkpoint
 from seq2seq.training import checkpoint as ckpt
 
 
@@ -38,10 +40,12 @@ def decoding_device(name: torch.device | str) -> torch.device:
     return device
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """A checkpoint file, or a run directory (its best checkpoint, else its latest)."""
+def load_model(path: str | Path, device: torch.device | str = "cpu", which: str = "best",
+               warn: Callable[[str], None] | None = None) -> LoadedModel:
+    """A checkpoint file, or a run folder or its checkpoints/ folder: its best checkpoint (``which``
+    best; ``warn`` hears of a newer one never validated) or its newest (``which`` last)."""
     device = decoding_device(device)
-    path = ckpt.resolve_checkpoint(path)
+    path = resolve_checkpoint(path, which, warn)
     payload = ckpt.load_checkpoint(path)
     try:
         cfg = config_from_dict(payload["config"])
@@ -61,6 +65,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     except RuntimeError:
         raise UserError(f"{path}: the weights do not match the model its config describes; the file is damaged") from None
     model.to(device).eval()
+    if device.type == "cuda":
+        # float32 products on the tensor cores (TF32), as in training (trainer.py): a decoder
+        # in fp32 runs several times faster, and the model was trained with these products.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return LoadedModel(model, tokenizer, cfg, path, payload.get("run_state", {}).get("step", 0))
 
 

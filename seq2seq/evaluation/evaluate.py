@@ -13,7 +13,8 @@ from seq2seq.decoding.translator import TranslateSettings, make_translator
 from seq2seq.errors import UserError
 from seq2seq.files import not_a_file
 from seq2seq.evaluation.metrics import score_corpus
-from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV, append_results_csv, write_report
+from seq2seq.evaluation.report import append_results_csv, write_report
+from seq2seq.run_folder import CHECKPOINT_DIR, REPORT_DIR, RESULTS_CSV
 
 
 def read_text_file(path: Path, option: str) -> list[str]:
@@ -28,11 +29,7 @@ def default_report_dir(checkpoint: Path) -> Path:
     """``<run>/eval`` for a run folder or a checkpoint inside one, else ``eval`` beside the
     checkpoint file: where the user pointed, not the output_dir the run was trained in (the
     run may have moved since, or that path may be relative to another folder)."""
-    from seq2seq.training.checkpoint import CHECKPOINT_DIR
-
-    if checkpoint.is_dir():
-        return checkpoint / REPORT_DIR
-    folder = checkpoint.parent
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
     return (folder.parent if folder.name == CHECKPOINT_DIR else folder) / REPORT_DIR
 
 
@@ -40,12 +37,13 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
                         report_dir: Path | None, device: str = "cpu",
                         warn=lambda message: None, precision: str | None = None,
                         workers: int = 1, decode: DecodeConfig | None = None,
-                        engine: str = "torch", cpu_kernels: str | None = None) -> tuple[dict[str, Any], Path]:
+                        engine: str = "torch", cpu_kernels: str | None = None,
+                        which: str = "best") -> tuple[dict[str, Any], Path]:
     """Translate ``src``, score against ``refs``, write the report; returns (report, report_dir).
     Decoding follows ``decode`` (default: the checkpoint's decode settings), then ``beam`` and
     ``precision`` where given; ``workers``: decoding processes (Translator); ``engine``: --engine;
-    ``cpu_kernels``: --cpu-kernels (default: the checkpoint's train.cpu_kernels)."""
-    loaded = load_model(checkpoint, device)
+    ``cpu_kernels``: --cpu-kernels (default: the checkpoint's train.cpu_kernels); ``which``: --which."""
+    loaded = load_model(checkpoint, device, which, warn)
     use_cpu_kernels(loaded.config, cpu_kernels)
     settings = TranslateSettings.from_config(decode or loaded.config.decode, workers=workers, engine=engine)
     if beam is not None:

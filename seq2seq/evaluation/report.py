@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from seq2seq.files import write_text_atomic
+# A run's evaluation: <run>/eval/report.{json,md}, hypotheses.txt; results.csv beside eval/.
+from seq2seq.run_folder import REPORT_DIR, RESULTS_CSV  # noqa: F401
 
-REPORT_DIR = "eval"  # a run's evaluation: <run>/eval/report.{json,md}, hypotheses.txt
-RESULTS_CSV = "results.csv"  # one row per evaluation, beside the report folder
 METRIC_KEYS = ("bleu", "chrf", "ter", "signature")
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER"}
 

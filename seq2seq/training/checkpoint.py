@@ -16,7 +16,6 @@ import os
 import pickle
 import pickletools
 import random
-import re
 import time
 import zipfile
 from pathlib import Path
@@ -28,10 +27,9 @@ import torch
 from seq2seq import CHECKPOINT_FORMAT, __version__
 from seq2seq.errors import UserError
 from seq2seq.files import replaced_atomically
-
-CHECKPOINT_DIR = "checkpoints"
-BEST_NAME = "best.pt"
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+# Where checkpoints live in a run folder: seq2seq/run_folder.py (names kept here for callers).
+from seq2seq.run_folder import (BEST_NAME, CHECKPOINT_DIR, checkpoint_dir, resolve_checkpoint,  # noqa: F401
+                                step_checkpoint_path, step_checkpoints)
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
@@ -132,37 +130,6 @@ def _pickle_imports(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------- finding checkpoints
-
-
-def checkpoint_dir(output_dir: str | Path) -> Path:
-    return Path(output_dir) / CHECKPOINT_DIR
-
-
-def step_checkpoints(output_dir: str | Path) -> list[Path]:
-    """The run's step checkpoints, oldest first."""
-    folder = checkpoint_dir(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_FILE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def step_checkpoint_path(output_dir: str | Path, step: int) -> Path:
-    return checkpoint_dir(output_dir) / f"step_{step:08d}.pt"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A .pt file as is; a run directory -> its best checkpoint, else its latest."""
-    path = Path(path)
-    if path.is_dir():
-        best = checkpoint_dir(path) / BEST_NAME
-        if best.is_file():
-            return best
-        steps = step_checkpoints(path)
-        if steps:
-            return steps[-1]
-        raise UserError(f"{path}: no checkpoints in this directory; train first or pass a .pt file")
-    return path
 
 
 def prune_step_checkpoints(output_dir: str | Path, keep_last: int) -> None:

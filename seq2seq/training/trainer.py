@@ -41,20 +41,17 @@ from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.prepare import PreparedData, prepare_data
 from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
-from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV
 from seq2seq.files import missing_folders, removed_if_failed, write_text_atomic
 from seq2seq.kernels.optim import step_unless
 from seq2seq.models.builder import build_model, describe_model
+from seq2seq.run_folder import (CONFIG_FILE, CURVE_FILE, METRICS_FILE, REPORT_DIR, RESULTS_CSV,  # noqa: F401
+                                TENSORBOARD_DIR, read_metrics)
 from seq2seq.training import checkpoint as ckpt
 from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, broadcast_from_main,
                                           cleanup, dist_info, join_group, stop_all_if_main_failed)
 from seq2seq.training.loss import projected_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
 
-METRICS_FILE = "metrics.jsonl"
-CURVE_FILE = "learning_curve.png"
-CONFIG_FILE = "config.yaml"
-TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -83,6 +80,7 @@ class TrainSummary:
     stopped_because: str
     interrupted: bool = False  # Ctrl-C/SIGTERM: saved, but not finished
     is_main: bool = True  # rank 0 (or a single process): the one that validated
+    unvalidated: Path | None = None  # the final checkpoint, where it was never validated
 
 
 # ------------------------------------------------------------------------- set-up
@@ -265,6 +263,7 @@ class Trainer:
         self.tensorboard = None  # a SummaryWriter, opened by train() once the output folder is ready
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.validated_step = -1
+        self.validation_reserve = 0.0  # seconds of train.max_minutes kept for the final validation
         self.pending_interrupt: tuple[torch.Tensor, Any] | None = None  # DDP on GPU: see stop_requested
 
     # --- checkpoints ------------------------------------------------------------
@@ -471,7 +470,22 @@ class Trainer:
         return math.inf if budget is None else 60 * budget - self.wall_seconds()
 
     def out_of_time(self) -> bool:
-        return self.budget_left() <= 0
+        """Past train.max_minutes, less the time the final validation will take (rank 0's
+        estimate; the other ranks stop when rank 0 does, as the stop flag is summed)."""
+        return self.budget_left() <= self.validation_reserve
+
+    def estimate_validation(self) -> None:
+        """With a time budget, how long the final validation will take: the last one's length
+        (this run's, or one on record from before a resume), else a short timed slice."""
+        if self.cfg.train.max_minutes is None or not self.info.is_main:
+            return
+        timed = [r["valid_seconds"] for r in read_metrics(self.out / METRICS_FILE) if "valid_seconds" in r]
+        if timed:
+            self.validation_reserve = timed[-1]
+            return
+        from seq2seq.training.validation import estimate_validation_seconds
+
+        self.validation_reserve = estimate_validation_seconds(self.model, self.prepared, self.cfg, self.device)
 
     # --- the run ------------------------------------------------------------------
 
@@ -485,6 +499,7 @@ class Trainer:
         start = time.perf_counter()
         start_step = self.state.step
         self.wall_start, self.wall_before = start, self.state.wall_seconds
+        self.estimate_validation()
         while self.state.step < cfg.train.max_steps:
             group = next(batches, None)
             if group is None:
@@ -527,17 +542,30 @@ class Trainer:
             elif step % save_every == 0:
                 self.save()
             if self.stop_requested(figures):
-                if self.saved_step != step:
+                # Every rank takes rank 0's view: all of them must take part in a validation.
+                took = ""
+                (out_of_time,) = broadcast_from_main([self.out_of_time() and not self.interrupted], self.info,
+                                                     self.device)
+                if out_of_time and self.validated_step != step:  # the final model's score, as at max_steps
+                    validation_start = time.perf_counter()
+                    improved, _ = self.validate_and_track(metric, progress)
+                    self.save(best=improved)
+                    took = f"; the final validation took {time.perf_counter() - validation_start:.0f} s"
+                elif self.saved_step != step:
                     self.save()
-                stopped_because = (f"reached train.max_minutes ({cfg.train.max_minutes:g})" if self.out_of_time()
+                stopped_because = (f"reached train.max_minutes ({cfg.train.max_minutes:g}){took}" if out_of_time
                                    else f"interrupted at step {step}; continue with --resume")
                 break
             if stop:
                 break
         if self.state.step and self.saved_step != self.state.step:
             self.save()
+        unvalidated = None
+        if self.state.step and self.validated_step != self.state.step:
+            unvalidated = ckpt.step_checkpoint_path(self.out, self.state.step)
         return TrainSummary(self.out, self.state.step, self.state.best_step, self.state.best_score,
-                            metric, stopped_because, interrupted=self.interrupted, is_main=self.info.is_main)
+                            metric, stopped_because, interrupted=self.interrupted, is_main=self.info.is_main,
+                            unvalidated=unvalidated)
 
     def validate_and_track(self, metric: str, progress: "Progress") -> tuple[bool, bool]:
         """Validate on rank 0, log it, and decide (for every rank) whether this is the best so far."""
@@ -559,6 +587,8 @@ class Trainer:
                 self.log(f"validation at step {self.state.step} abandoned: stopping")
             else:
                 improved = self.track(result, metric, progress)
+                if self.cfg.train.max_minutes is not None:  # the next one will take about as long
+                    self.validation_reserve = result["valid_seconds"]
         patience = self.cfg.train.patience
         stop = patience is not None and self.state.validations_without_improvement >= patience
         # Only rank 0 validated: every rank takes its decisions and its plateau scale.
@@ -658,21 +688,6 @@ class Window:
             "src_tokens_per_s": s["src_tokens"] / seconds,
             "skipped_steps": skipped_steps,
         }
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl; a line cut short by a killed run is left out."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def trim_metrics(path: Path, step: int) -> None:

@@ -66,10 +66,7 @@ def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torc
         limit = cfg.train.valid_max_sentences
         sources = list(itertools.islice(read_lines(src_path), limit))
         references = list(itertools.islice(read_lines(ref_path), limit))
-        tok = prepared.tokenizer
-        settings = dataclasses.replace(TranslateSettings.from_config(cfg.decode), beam_size=cfg.train.valid_beam_size)
-        translator = Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda message: None,
-                                precision_key="decode.precision")
+        translator = valid_translator(model, prepared, cfg)
         hypotheses: list[str] = []
         for first in range(0, len(sources), ABANDON_CHECK_SENTENCES):
             if abandon():
@@ -86,3 +83,36 @@ def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torc
         "valid_chrf": scores["chrf"],
         "valid_seconds": time.perf_counter() - start,
     }
+
+
+def valid_translator(model: nn.Module, prepared: PreparedData, cfg: Config) -> Translator:
+    """The translator validation uses: the decode section, with train.valid_beam_size."""
+    tok = prepared.tokenizer
+    settings = dataclasses.replace(TranslateSettings.from_config(cfg.decode), beam_size=cfg.train.valid_beam_size)
+    return Translator(model, tok.encode_src, tok.decode_tgt, settings, warn=lambda message: None,
+                      precision_key="decode.precision")
+
+
+# Sentences translated to estimate a whole validation's length (a second or two on a CPU).
+ESTIMATE_SENTENCES = 16
+
+
+def estimate_validation_seconds(model: nn.Module, prepared: PreparedData, cfg: Config, device: torch.device) -> float:
+    """About how long ``validate`` takes now: the loss as it is computed, plus the time of
+    translating a few valid sentences scaled to all of them. An early model's outputs run to
+    the length limit, so the estimate errs long, which is the safe side for a time budget."""
+    was_training = model.training
+    model.eval()
+    try:
+        start = time.perf_counter()
+        validation_loss(model, prepared, cfg.train.batch_tokens, device)
+        loss_seconds = time.perf_counter() - start
+        src_path, _ = corpus_paths(cfg.data.valid, cfg.data.src_lang, cfg.data.tgt_lang)
+        sentences = sum(1 for _ in itertools.islice(read_lines(src_path), cfg.train.valid_max_sentences))
+        sample = list(itertools.islice(read_lines(src_path), ESTIMATE_SENTENCES))
+        start = time.perf_counter()
+        valid_translator(model, prepared, cfg).translate(sample)
+        translate_seconds = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    return loss_seconds + translate_seconds * sentences / max(len(sample), 1)
