@@ -1,4 +1,5 @@
-"""DeferredLSTM: the same outputs and gradients as nn.LSTM run one position at a time."""
+"""DeferredLSTM over one-layer LSTMs: the same outputs and gradients as one multi-layer nn.LSTM
+run one position at a time."""
 
 import warnings
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from seq2seq.kernels import probe
-from seq2seq.kernels.lstm_step import DeferredLSTM, applies
+from seq2seq.kernels.lstm_step import DeferredLSTM, applies, split_layers
 
 pytestmark = pytest.mark.skipif(not probe.decision("deferred_lstm"),
                                 reason=f"deferred_lstm: {probe.decision('deferred_lstm').reason}")
@@ -42,9 +43,10 @@ def test_matches_nn_lstm_outputs_and_gradients(bias, used_steps):
         loss.backward()
         return outputs.detach(), [leaf.grad.clone() for leaf in leaves]
 
-    assert applies(rnn, inputs)
+    layers = split_layers(rnn)  # rnn's own parameters: the same leaves
+    assert applies(layers, inputs)
     expected_outputs, expected = gradients(rnn)
-    outputs, got = gradients(DeferredLSTM(rnn))
+    outputs, got = gradients(DeferredLSTM(layers))
     torch.testing.assert_close(outputs, expected_outputs, rtol=1e-5, atol=1e-6)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
@@ -54,25 +56,30 @@ def test_dropout_only_between_layers_in_training():
     torch.manual_seed(0)
     rnn = nn.LSTM(4, 6, num_layers=2, batch_first=True, dropout=0.5)
     x, hidden = torch.randn(8, 1, 4), (torch.zeros(2, 8, 6), torch.zeros(2, 8, 6))
-    rnn.eval()
-    torch.testing.assert_close(DeferredLSTM(rnn)(x, hidden)[0], rnn(x, hidden)[0], rtol=1e-5, atol=1e-6)
-    rnn.train()
+    layers = split_layers(rnn.eval())
+    torch.testing.assert_close(DeferredLSTM(layers, 0.5)(x, hidden)[0], rnn(x, hidden)[0], rtol=1e-5, atol=1e-6)
+    for layer in layers:
+        layer.train()
     # Dropping half of the bottom layer's outputs changes the top layer's: not the eval result.
-    assert not torch.allclose(DeferredLSTM(rnn)(x, hidden)[0], rnn.eval()(x, hidden)[0], atol=1e-4)
+    assert not torch.allclose(DeferredLSTM(layers, 0.5)(x, hidden)[0], rnn(x, hidden)[0], atol=1e-4)
     with warnings.catch_warnings():  # nn.LSTM warns that one layer has nowhere to drop out
         warnings.simplefilter("ignore", UserWarning)
         one_layer = nn.LSTM(4, 6, num_layers=1, batch_first=True, dropout=0.5).train()
     # Nothing is dropped after the top layer, so one layer in training is the plain LSTM.
     single = (hidden[0][:1], hidden[1][:1])
-    torch.testing.assert_close(DeferredLSTM(one_layer)(x, single)[0], one_layer(x, single)[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(DeferredLSTM([one_layer], 0.5)(x, single)[0], one_layer(x, single)[0],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_applies_only_where_it_is_faster():
     lstm, gru = nn.LSTM(4, 6, batch_first=True), nn.GRU(4, 6, batch_first=True)
     x = torch.randn(2, 1, 4)
-    assert applies(lstm, x)
-    assert not applies(gru, x)
-    assert not applies(nn.LSTM(4, 6, batch_first=True, bidirectional=True), x)
-    assert not applies(lstm.to(torch.bfloat16), x.bfloat16())
+    assert applies([lstm], x)
+    assert applies([lstm, nn.LSTM(6, 6, batch_first=True)], x)
+    assert not applies([gru], x)
+    assert not applies([lstm, nn.GRU(6, 6, batch_first=True)], x)
+    assert not applies([nn.LSTM(4, 6, num_layers=2, batch_first=True)], x)  # one layer a module
+    assert not applies([nn.LSTM(4, 6, batch_first=True, bidirectional=True)], x)
+    assert not applies([lstm.to(torch.bfloat16)], x.bfloat16())
     with torch.no_grad():  # decoding: nn.LSTM is as fast or faster
-        assert not applies(nn.LSTM(4, 6, batch_first=True), x)
+        assert not applies([nn.LSTM(4, 6, batch_first=True)], x)

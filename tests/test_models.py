@@ -127,40 +127,6 @@ def test_padding_does_not_change_real_positions(name):
     assert torch.all(padded_attention[:, :, src_length:] == 0.0)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
-@pytest.mark.parametrize("bidirectional", [True, False])
-def test_rnn_encoder_equals_torchs_packed_rnn(cell, bidirectional):
-    """The encoder runs its RNN a layer and direction at a time over padded rows; it must give
-    what nn.RNN/GRU/LSTM give over packed sequences: outputs, final states and gradients."""
-    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-
-    encoder = build(**dict(RNN_BASE, arch=cell, attention="dot", bidirectional=bidirectional,
-                           encoder_layers=2, dropout=0.0)).encoder
-    src = make_batch(n=6)[0]
-    mask = src != PAD_ID
-    assert mask.sum(1).unique().numel() > 2, "precondition: rows of several lengths"
-    outputs, finals = encoder(src, mask)
-
-    embedded = encoder.embedding(src)
-    packed = pack_padded_sequence(embedded, mask.sum(1), batch_first=True, enforce_sorted=False)
-    packed_outputs, packed_final = encoder.rnn(packed)
-    expected_outputs, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=src.size(1))
-    expected_finals = packed_final if isinstance(packed_final, tuple) else (packed_final,)
-    directions = 2 if bidirectional else 1  # the top layer's states, directions side by side
-    expected_finals = tuple(torch.cat(list(state[-directions:]), dim=-1) for state in expected_finals)
-
-    assert outputs.shape == expected_outputs.shape
-    assert max_diff(outputs, expected_outputs) < 1e-5
-    assert torch.all(outputs[~mask] == 0.0)
-    for final, expected in zip(finals, expected_finals, strict=True):
-        assert max_diff(final, expected) < 1e-5
-    weights = torch.randn_like(outputs)
-    gradient = lambda out, fin: torch.autograd.grad(  # noqa: E731
-        (out * weights).sum() + sum(f.square().sum() for f in fin), list(encoder.rnn.parameters()))
-    for got, want in zip(gradient(outputs, finals), gradient(expected_outputs, expected_finals), strict=True):
-        assert max_diff(got, want) < 1e-4
-
-
 @all_models
 def test_attention_weights_are_zero_on_padding_and_sum_to_one(name):
     model = make_model(name).eval()

@@ -16,6 +16,8 @@ there; ``applies`` says where this one is used.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -25,30 +27,34 @@ from seq2seq.kernels.fastops import dropout
 from seq2seq.kernels.onednn import onednn_matmul_nt, uses_onednn
 
 
-def applies(rnn: nn.Module, x: Tensor) -> bool:
-    """Whether ``DeferredLSTM(rnn)`` should run steps of input ``x``: a plain one-direction
-    LSTM, in float32 on the CPU with oneDNN, and gradients wanted."""
-    return (isinstance(rnn, nn.LSTM) and not rnn.bidirectional and rnn.proj_size == 0 and rnn.batch_first
-            and torch.is_grad_enabled() and uses_onednn(x, rnn.weight_ih_l0) and probe.get("deferred_lstm") is not None)
+def applies(layers: Sequence[nn.Module], x: Tensor) -> bool:
+    """Whether ``DeferredLSTM(layers)`` should run steps of input ``x``: plain one-layer,
+    one-direction LSTMs, in float32 on the CPU with oneDNN, and gradients wanted."""
+    return (all(isinstance(lstm, nn.LSTM) and lstm.num_layers == 1 and not lstm.bidirectional and lstm.proj_size == 0
+                and lstm.batch_first for lstm in layers)
+            and torch.is_grad_enabled() and uses_onednn(x, layers[0].weight_ih_l0)
+            and probe.get("deferred_lstm") is not None)
 
 
 class DeferredLSTM:
-    """Called like ``rnn`` on one position: (x [B,1,In], (h, c) each [layers,B,H]) ->
-    (output [B,1,H], (h, c)). Made once per forward pass, for the steps of that pass."""
+    """Runs one-layer LSTMs stacked (``layers``, the bottom one first), with ``dropout``
+    between them while they are in training, as one multi-layer nn.LSTM on one position:
+    (x [B,1,In], (h, c) each [layers,B,H]) -> (output [B,1,H], (h, c)). Made once per
+    forward pass, for the steps of that pass."""
 
-    def __init__(self, rnn: nn.LSTM):
+    def __init__(self, layers: Sequence[nn.LSTM], dropout: float = 0.0):
         self.layers = []
-        for layer in range(rnn.num_layers):
+        for lstm in layers:
             stash: list[tuple[Tensor, Tensor]] = []  # this layer's steps' (gate gradients, [x; h])
-            self.layers.append((*_LayerWeights.apply(*_stacked(rnn, layer), stash), stash))
-        self.dropout = rnn.dropout
-        self.training = rnn.training
+            self.layers.append((*_LayerWeights.apply(*_stacked(lstm), stash), stash))
+        self.dropout = dropout
+        self.training = layers[0].training
 
     def __call__(self, x: Tensor, hidden: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         layer_input = x.squeeze(1)
         hs, cs = [], []
         for i, (weight, weight_t, bias, stash) in enumerate(self.layers):
-            if i > 0:  # nn.LSTM's dropout: between layers, not after the top one
+            if i > 0:  # between layers, not after the top one (as nn.LSTM's own dropout)
                 layer_input = dropout(layer_input, self.dropout, self.training)
             h, c = _LSTMStep.apply(layer_input, hidden[0][i], hidden[1][i], weight, weight_t, bias, stash)
             hs.append(h)
@@ -57,12 +63,25 @@ class DeferredLSTM:
         return layer_input.unsqueeze(1), (torch.stack(hs), torch.stack(cs))
 
 
-def _stacked(rnn: nn.LSTM, layer: int) -> tuple[Tensor, Tensor]:
-    """One layer's [W_ih W_hh] [4H, In+H] and b_ih + b_hh [4H] (zeros for an LSTM without biases)."""
-    weight = torch.cat([getattr(rnn, f"weight_ih_l{layer}"), getattr(rnn, f"weight_hh_l{layer}")], dim=1)
-    if not rnn.bias:
+def _stacked(lstm: nn.LSTM) -> tuple[Tensor, Tensor]:
+    """A one-layer LSTM's [W_ih W_hh] [4H, In+H] and b_ih + b_hh [4H] (zeros without biases)."""
+    weight = torch.cat([lstm.weight_ih_l0, lstm.weight_hh_l0], dim=1)
+    if not lstm.bias:
         return weight, weight.new_zeros(weight.size(0))
-    return weight, getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+    return weight, lstm.bias_ih_l0 + lstm.bias_hh_l0
+
+
+def split_layers(rnn: nn.LSTM) -> list[nn.LSTM]:
+    """A one-layer nn.LSTM for each layer of the one-direction ``rnn``, holding ``rnn``'s own
+    parameters (the very tensors), in its mode: what DeferredLSTM runs, to compare with ``rnn``."""
+    layers = []
+    for layer in range(rnn.num_layers):
+        lstm = nn.LSTM(rnn.input_size if layer == 0 else rnn.hidden_size, rnn.hidden_size, bias=rnn.bias,
+                       batch_first=rnn.batch_first).train(rnn.training)
+        for name in ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if rnn.bias else []):
+            setattr(lstm, f"{name}_l0", getattr(rnn, f"{name}_l{layer}"))
+        layers.append(lstm)
+    return layers
 
 
 class _LayerWeights(torch.autograd.Function):
@@ -131,13 +150,13 @@ class _LSTMStep(torch.autograd.Function):
 
 
 def matches_nn_lstm() -> bool:
-    """The probe's check: a tiny 2-layer LSTM run step by step gives nn.LSTM's outputs and
-    gradients (inputs, weights) through DeferredLSTM."""
+    """The probe's check: a tiny 2-layer nn.LSTM run step by step gives the same outputs and
+    gradients (inputs, weights) as DeferredLSTM over its layers, split as the decoder holds them."""
     rnn = nn.LSTM(5, 4, num_layers=2, batch_first=True)
     x = torch.randn(3, 4, 5, requires_grad=True)
     hidden = (torch.zeros(2, 3, 4), torch.zeros(2, 3, 4))
     results = []
-    for run in (rnn, DeferredLSTM(rnn)):
+    for run in (rnn, DeferredLSTM(split_layers(rnn))):
         state, outputs = hidden, []
         for t in range(x.size(1)):
             output, state = run(x[:, t : t + 1], state)

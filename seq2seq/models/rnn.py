@@ -13,14 +13,26 @@ Decoder, one target position at a time, in one of two styles:
 Both then form the attentional state h~_t = tanh(W_c [c_t; h_t]) and project it to the
 target vocabulary (through the tied input embedding when model.tie_embeddings).
 
+Every layer, and every direction of an encoder layer, is a one-layer nn.RNN/GRU/LSTM of its
+own (``RNNLayers``), with attn's dropout between layers: nn.RNN's built-in dropout would draw,
+on a GPU, from cuDNN's own dropout state, which no checkpoint holds, so a resumed run could
+not repeat its noise. The encoder runs its layers over padded rows on the CPU
+(``run_to_lengths``) and over packed sequences on a GPU (``run_packed``); on a GPU every RNN
+runs outside autocast (``rnn_call``).
+
 Every state tensor keeps the batch on dim 0 (see state.py), so the decoder state stores the
 RNN state as [B, layers, H] and converts to nn.RNN's [layers, B, H] around each call.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
+
 import torch
-from torch import Tensor, _VF, nn
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
@@ -52,8 +64,97 @@ def top_layer(hidden: RNNHidden) -> Tensor:
     return h[-1]
 
 
-# The fused one-layer, one-direction RNN functions that nn.RNN/GRU/LSTM call themselves.
-RNN_FUNCTIONS = {"rnn": _VF.rnn_tanh, "lstm": _VF.lstm, "gru": _VF.gru}
+# ------------------------------------------------------------------------- how RNNs are called
+# Each rule is a function of its own so that the tests can force the GPU's choice on the CPU.
+
+
+def uses_packed_sequences(x: Tensor) -> bool:
+    """Whether the encoder runs over packed sequences (a GPU) or over padded rows (the CPU)."""
+    return x.device.type == "cuda"
+
+
+def runs_outside_autocast(x: Tensor) -> bool:
+    """Whether RNN modules run with autocast off, in their weights' dtype (a GPU; see rnn_call)."""
+    return x.device.type == "cuda"
+
+
+def rnn_call(module: nn.RNNBase, x: Tensor | PackedSequence,
+             hx: RNNHidden | None) -> tuple[Tensor | PackedSequence, RNNHidden]:
+    """``module(x, hx)``; on a GPU with autocast off and x, hx in the weights' dtype.
+
+    Autocast runs cuDNN's RNN in fp16 whatever dtype it was asked for, bf16 included, so a bf16
+    run would train its RNNs in fp16, whose range bf16 runs do not guard (no loss scaling).
+    Outside autocast they run in float32, with TF32 products (the trainer enables TF32). The
+    weights' dtype rather than float32 itself: a bf16 copy of the model (decode.precision bf16)
+    stays in bf16. On the CPU autocast keeps its say, as before.
+    """
+    data = x.data if isinstance(x, PackedSequence) else x
+    if not runs_outside_autocast(data):
+        return module(x, hx)
+    dtype = module.weight_ih_l0.dtype
+    if hx is not None:
+        hx = tuple(h.to(dtype) for h in hx) if isinstance(hx, tuple) else hx.to(dtype)
+    with torch.autocast(data.device.type, enabled=False):
+        return module(x.to(dtype), hx)
+
+
+# ------------------------------------------------------------------------- the layers
+
+# Checkpoints written before each layer had a module of its own hold one multi-layer nn.RNN's
+# names: <prefix>weight_ih_l1_reverse is now <prefix>l1_reverse.weight_ih_l0.
+_MULTI_LAYER_NAME = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?")
+
+
+def rename_multi_layer_keys(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    """A load_state_dict pre-hook of ``RNNLayers``: old names -> new ones, in place."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        match = _MULTI_LAYER_NAME.fullmatch(key[len(prefix):])
+        if match:
+            name, layer, reverse = match.groups()
+            state_dict[f"{prefix}l{layer}{reverse or ''}.{name}_l0"] = state_dict.pop(key)
+
+
+class RNNLayers(nn.ModuleDict):
+    """One one-layer nn.RNN/GRU/LSTM (batch first) per layer and direction, named l0,
+    l0_reverse, l1, ..., and the dropout between layers (``dropout``, run by attn).
+
+    Called, it is a one-direction multi-layer nn.RNN/GRU/LSTM: x [B,T,In], hidden [layers,B,H]
+    (an LSTM's an (h, c) pair) -> the top layer's outputs [B,T,H], the new hidden. The encoder
+    runs its directions itself. The parameters come in the multi-layer module's order (l0,
+    l0_reverse, l1, ...; weight_ih, weight_hh, bias_ih, bias_hh), so that the optimizer state
+    of a run saved before, which is positional, still fits on resume.
+    """
+
+    def __init__(self, kind: str, input_dim: int, hidden_dim: int, layers: int, directions: int = 1,
+                 dropout: float = 0.0):
+        super().__init__({
+            f"l{layer}{suffix}": RNN_CELLS[kind](input_dim if layer == 0 else directions * hidden_dim, hidden_dim,
+                                                 batch_first=True)
+            for layer in range(layers) for suffix in ("", "_reverse")[:directions]
+        })
+        self.num_layers, self.directions, self.dropout = layers, directions, dropout
+        self.register_load_state_dict_pre_hook(rename_multi_layer_keys)
+
+    def stack(self, reverse: bool = False) -> list[nn.RNNBase]:
+        """One direction's modules, the bottom layer first."""
+        suffix = "_reverse" if reverse else ""
+        return [self[f"l{layer}{suffix}"] for layer in range(self.num_layers)]
+
+    def forward(self, x: Tensor, hidden: RNNHidden) -> tuple[Tensor, RNNHidden]:
+        pairs = isinstance(hidden, tuple)
+        states = hidden if pairs else (hidden,)
+        new_states = []
+        for layer, module in enumerate(self.stack()):
+            if layer > 0:
+                x = dropout(x, self.dropout, self.training)
+            hx = tuple(state[layer : layer + 1] for state in states)
+            x, new = rnn_call(module, x, hx if pairs else hx[0])
+            new_states.append(new if pairs else (new,))
+        merged = tuple(torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*new_states))
+        return x, merged if pairs else merged[0]
+
+
+# ------------------------------------------------------------------------- the encoder
 
 
 def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
@@ -68,12 +169,16 @@ def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
-def run_to_lengths(kind: str, x: Tensor, lengths: Tensor, shortest: int, weights: list[Tensor], training: bool,
-                   final_state: bool = True) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-    """One RNN layer and direction over x [B,S,D], padded at the end of each row.
+# Runs one layer and direction: (module, x [B,S,D], final_state) -> outputs [B,S,H] (exact at
+# real positions), the state (h,) or (h, c), each [B,H], after each row's own last token
+# (None when not asked for, where that saves work).
+DirectionRunner = Callable[[nn.RNNBase, Tensor, bool], tuple[Tensor, tuple[Tensor, ...] | None]]
 
-    -> outputs [B,S,H] (exact at real positions, anything at padding), and the state (h,) or
-    (h, c), each [B,H], after each row's *own* last token (None unless ``final_state``).
+
+def run_to_lengths(module: nn.RNNBase, x: Tensor, final_state: bool, lengths: Tensor,
+                   shortest: int) -> tuple[Tensor, tuple[Tensor, ...] | None]:
+    """A DirectionRunner over padded rows, the CPU's way (rows padded at the end).
+
     Padding comes after a row's tokens, so the outputs need one fused call over all positions.
     The final state needs more: the positions every row has run in one fused call, and the few
     after the shortest row's end one call a step, where a row that has ended keeps its state
@@ -83,15 +188,13 @@ def run_to_lengths(kind: str, x: Tensor, lengths: Tensor, shortest: int, weights
     of config R took 175-343 ms a batch forward and backward, against 121-129 ms for the fused
     kernel over the same padded batch.
     """
-    run = RNN_FUNCTIONS[kind]
-    hidden_size = weights[1].size(1)
-    zeros = x.new_zeros(1, x.size(0), hidden_size)
-    state = (zeros, zeros) if kind == "lstm" else (zeros,)
+    lstm = isinstance(module, nn.LSTM)
+    zeros = x.new_zeros(1, x.size(0), module.hidden_size)
+    state = (zeros, zeros) if lstm else (zeros,)
 
     def call(inputs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
-        hx = state if kind == "lstm" else state[0]
-        output, *new_state = run(inputs, hx, weights, len(weights) == 4, 1, 0.0, training, False, True)
-        return output, tuple(new_state)
+        output, new_state = rnn_call(module, inputs, state if lstm else state[0])
+        return output, new_state if lstm else (new_state,)
 
     if not final_state:
         return call(x, state)[0], None
@@ -106,51 +209,55 @@ def run_to_lengths(kind: str, x: Tensor, lengths: Tensor, shortest: int, weights
     return torch.cat(outputs, dim=1), tuple(s.squeeze(0) for s in state)
 
 
+def run_packed(module: nn.RNNBase, x: Tensor, final_state: bool,
+               cpu_lengths: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """A DirectionRunner over packed sequences, the GPU's way: one call, whose final state is
+    each row's own (so ``final_state`` changes nothing); outputs are zero at padding."""
+    packed = pack_padded_sequence(x, cpu_lengths, batch_first=True, enforce_sorted=False)
+    output, hidden = rnn_call(module, packed, None)
+    outputs, _ = pad_packed_sequence(output, batch_first=True, total_length=x.size(1))
+    return outputs, tuple(h.squeeze(0) for h in (hidden if isinstance(hidden, tuple) else (hidden,)))
+
+
 class RNNEncoder(nn.Module):
     """Embeds the source and runs a (bi)directional RNN over each sentence's real tokens."""
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding):
         super().__init__()
         self.embedding = embedding
-        self.kind = cfg.arch
         self.directions = 2 if cfg.bidirectional else 1
         self.output_dim = self.directions * (cfg.hidden_dim // self.directions)
-        # Kept as an nn.RNN/GRU/LSTM for its parameters (and their names in checkpoints);
-        # forward runs it one layer and direction at a time (see run_to_lengths).
-        self.rnn = RNN_CELLS[cfg.arch](
-            cfg.embed_dim,
-            cfg.hidden_dim // self.directions,
-            num_layers=cfg.encoder_layers,
-            bidirectional=cfg.bidirectional,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.encoder_layers > 1 else 0.0,
-        )
+        self.rnn = RNNLayers(cfg.arch, cfg.embed_dim, cfg.hidden_dim // self.directions, cfg.encoder_layers,
+                             self.directions, cfg.dropout)
         self.dropout = Dropout(cfg.dropout)
 
     def forward(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         """-> outputs [B,S,H] (zero on padding), final top-layer (h,) or (h, c), each [B,H]."""
         lengths = src_mask.sum(dim=1)
-        shortest = int(lengths.min())  # read once (on a GPU, a wait for the device)
         layer_input = self.dropout(self.embedding(src))
+        run: DirectionRunner
+        if uses_packed_sequences(layer_input):
+            # pack_padded_sequence reads the lengths on the CPU: one copy, and wait, a batch.
+            run = functools.partial(run_packed, cpu_lengths=lengths.cpu())
+        else:
+            run = functools.partial(run_to_lengths, lengths=lengths, shortest=int(lengths.min()))
         top = self.rnn.num_layers - 1
         for layer in range(top + 1):
             if layer > 0:
                 layer_input = dropout(layer_input, self.rnn.dropout, self.training)
-            outputs, finals = run_to_lengths(self.kind, layer_input, lengths, shortest, self._weights(layer, ""),
-                                             self.training, final_state=layer == top)
+            last = layer == top
+            outputs, finals = run(self.rnn[f"l{layer}"], layer_input, last)
             if self.directions == 2:
-                backward_outputs, backward_finals = run_to_lengths(
-                    self.kind, reverse_within_lengths(layer_input, lengths), lengths, shortest,
-                    self._weights(layer, "_reverse"), self.training, final_state=layer == top)
+                backward_outputs, backward_finals = run(
+                    self.rnn[f"l{layer}_reverse"], reverse_within_lengths(layer_input, lengths), last)
                 outputs = torch.cat([outputs, reverse_within_lengths(backward_outputs, lengths)], dim=-1)
-                if layer == top:
+                if last:
                     finals = tuple(torch.cat(pair, dim=-1) for pair in zip(finals, backward_finals))
             layer_input = outputs
         return layer_input.masked_fill(~src_mask.unsqueeze(-1), 0.0), finals
 
-    def _weights(self, layer: int, suffix: str) -> list[Tensor]:
-        names = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.rnn.bias else [])
-        return [getattr(self.rnn, f"{name}_l{layer}{suffix}") for name in names]
+
+# ------------------------------------------------------------------------- the decoder
 
 
 class Bridge(nn.Module):
@@ -192,13 +299,7 @@ class RNNDecoder(nn.Module):
             rnn_input_dim = cfg.embed_dim + cfg.hidden_dim  # [y_{t-1}; h~_{t-1}]
         else:
             rnn_input_dim = cfg.embed_dim
-        self.rnn = RNN_CELLS[cfg.arch](
-            rnn_input_dim,
-            cfg.hidden_dim,
-            num_layers=cfg.decoder_layers,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.decoder_layers > 1 else 0.0,
-        )
+        self.rnn = RNNLayers(cfg.arch, rnn_input_dim, cfg.hidden_dim, cfg.decoder_layers, dropout=cfg.dropout)
         self.attention = build_attention(
             cfg.attention, cfg.hidden_dim, encoder_dim, cfg.window, cfg.local_score
         )
@@ -250,7 +351,9 @@ class RNNDecoder(nn.Module):
             attentional = torch.tanh(self.attentional(torch.cat([context, outputs], dim=-1)))
         else:
             attentional_t = state.get("feed")  # read back only by Luong input feeding
-            rnn = lstm_step.DeferredLSTM(self.rnn) if lstm_step.applies(self.rnn, embedded) else self.rnn
+            rnn: RNNLayers | lstm_step.DeferredLSTM = self.rnn
+            if lstm_step.applies(self.rnn.stack(), embedded):
+                rnn = lstm_step.DeferredLSTM(self.rnn.stack(), self.rnn.dropout)
             outputs, step_weights = [], []
             # unbind, not embedded[:, t]: one backward node for all steps; T slices would each
             # zero-fill a gradient the size of the whole target.
@@ -278,15 +381,16 @@ class RNNDecoder(nn.Module):
 
     def _decode_step(
         self, embedded: Tensor, hidden: RNNHidden, feed: Tensor | None, state: dict, step: int,
-        rnn: nn.Module | lstm_step.DeferredLSTM,
+        rnn: RNNLayers | lstm_step.DeferredLSTM,
     ) -> tuple[Tensor, RNNHidden, Tensor]:
         """One position; embedded [B,1,E] -> attentional state [B,1,H], new hidden, weights [B,1,S].
 
-        ``rnn`` is nn.RNN/GRU/LSTM itself, one step per call: its fused CPU kernel (oneDNN)
-        beat both a hand-written cell and one whose embedding projection is computed for all
-        positions at once (W_ih [y; h~] = W_y y + W_h h~), by 30-45%, forward and backward;
-        or, for an LSTM in training, ``DeferredLSTM``, which beats it by computing the weight
-        gradients of all steps in one product (see lstm_step.py).
+        ``rnn`` is the decoder's RNNLayers, whose nn.RNN/GRU/LSTM layers each take one step a
+        call: their fused CPU kernel (oneDNN) beat both a hand-written cell and one whose
+        embedding projection is computed for all positions at once (W_ih [y; h~] = W_y y +
+        W_h h~), by 30-45%, forward and backward; or, for an LSTM in training, ``DeferredLSTM``,
+        which beats it by computing the weight gradients of all steps in one product (see
+        lstm_step.py).
         """
         if self.style == "bahdanau":
             context, weights = self._attend(top_layer(hidden).unsqueeze(1), state, step)
@@ -320,7 +424,6 @@ class RNNDecoder(nn.Module):
     def _features(self, attentional: Tensor) -> Tensor:
         """What the output layer projects to the vocabulary."""
         return self.to_embedding(self.dropout(attentional))
-
 
 
 class RNNSeq2Seq(nn.Module):
