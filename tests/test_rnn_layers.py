@@ -1,4 +1,4 @@
-"""The RNN encoder-decoder's layers (seq2seq/models/rnn.py): one nn.RNN/GRU/LSTM module per layer
+"""The RNN encoder-decoder's layers (seq2seq/models/rnn_layers.py, rnn.py): one nn.RNN/GRU/LSTM module per layer
 and direction, attn's dropout between layers, checkpoints of the old multi-layer layout, and the
 GPU's rules (packed sequences, RNNs outside autocast), each forced here on the CPU."""
 
@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.data.special import PAD_ID
 from seq2seq.kernels import lstm_step
-from seq2seq.models import rnn
+from seq2seq.models import rnn, rnn_layers
 from tests.test_models import RNN_BASE, build, make_batch, max_diff
 
 CELLS = ["rnn", "gru", "lstm"]
@@ -31,8 +31,9 @@ def multi_layer_names(state_dict: dict) -> dict:
 
 
 def force_gpu_rule(monkeypatch, name: str) -> None:
-    """Make rnn.py take the GPU's choice ``name`` (uses_packed_sequences, runs_outside_autocast)."""
-    monkeypatch.setattr(rnn, name, lambda x: True)
+    """Make the models take the GPU's choice ``name`` (uses_packed_sequences: the encoder's, in
+    rnn.py; runs_outside_autocast: rnn_call's, in rnn_layers.py)."""
+    monkeypatch.setattr(rnn if name == "uses_packed_sequences" else rnn_layers, name, lambda x: True)
 
 
 def count_calls(monkeypatch, module, name: str) -> list:
@@ -54,13 +55,13 @@ def test_encoder_equals_torchs_multi_layer_rnn_over_packed_sequences(monkeypatch
     """Both ways the encoder runs its layers (padded rows, the CPU's; packed sequences, the
     GPU's, forced) give what one 2-layer nn.RNN/GRU/LSTM with the same weights gives over packed
     sequences: outputs at real positions, final states, gradients of weights and embeddings."""
-    packs = count_calls(monkeypatch, rnn, "pack_padded_sequence")
+    packs = count_calls(monkeypatch, rnn_layers, "pack_padded_sequence")
     if path == "packed":
         force_gpu_rule(monkeypatch, "uses_packed_sequences")
     encoder = build(**dict(RNN_BASE, arch=cell, attention="dot", bidirectional=bidirectional,
                            encoder_layers=2, dropout=0.0)).encoder
     directions = 2 if bidirectional else 1
-    reference = rnn.RNN_CELLS[cell](RNN_BASE["embed_dim"], RNN_BASE["hidden_dim"] // directions, num_layers=2,
+    reference = rnn_layers.RNN_CELLS[cell](RNN_BASE["embed_dim"], RNN_BASE["hidden_dim"] // directions, num_layers=2,
                                     bidirectional=bidirectional, batch_first=True)
     reference.load_state_dict(multi_layer_names(encoder.rnn.state_dict()))
     src = make_batch(n=8)[0]
@@ -104,11 +105,10 @@ def test_decoder_drops_out_between_layers_through_attns_dropout(monkeypatch, cel
     model = build(**dict(RNN_BASE, arch=cell, attention="dot", decoder_style=style, input_feeding=input_feeding,
                          decoder_layers=2, encoder_layers=2, dropout=0.5)).train()
     assert all(module.dropout == 0.0 for module in model.modules() if isinstance(module, nn.RNNBase))
-    calls = count_calls(monkeypatch, rnn, "dropout")
-    deferred_calls = count_calls(monkeypatch, lstm_step, "dropout")
+    calls = [count_calls(monkeypatch, module, "dropout") for module in (rnn, rnn_layers, lstm_step)]
     src, tgt_in, _ = make_batch()
     model(src, tgt_in)
-    between_layers = [args for args in calls + deferred_calls if args[1] == 0.5 and args[2]]
+    between_layers = [args for args in sum(calls, []) if args[1] == 0.5 and args[2]]
     # Luong without input feeding runs the decoder's RNN once over the whole target.
     decoder_calls = tgt_in.size(1) if style == "bahdanau" or input_feeding else 1
     assert len(between_layers) == 1 + decoder_calls  # and 1 between the encoder's layers
@@ -157,7 +157,7 @@ def test_checkpoint_of_the_multi_layer_layout_loads_and_gives_the_same_outputs(s
     # The optimizer state is positional: the parameters keep the multi-layer module's order.
     for part, layers in (("encoder", settings["encoder_layers"]), ("decoder", settings["decoder_layers"])):
         bidirectional = part == "encoder" and settings["bidirectional"]
-        multi_layer = rnn.RNN_CELLS[settings["arch"]](4, 4, num_layers=layers, bidirectional=bidirectional)
+        multi_layer = rnn_layers.RNN_CELLS[settings["arch"]](4, 4, num_layers=layers, bidirectional=bidirectional)
         names = [name for name, _ in getattr(loaded, part).rnn.named_parameters()]
         assert list(multi_layer_names(dict.fromkeys(names))) == [name for name, _ in multi_layer.named_parameters()]
 
@@ -165,14 +165,14 @@ def test_checkpoint_of_the_multi_layer_layout_loads_and_gives_the_same_outputs(s
 @pytest.mark.parametrize("cell", CELLS)
 def test_rnn_call_on_a_gpu_runs_outside_autocast_in_the_weights_dtype(monkeypatch, cell):
     """Autocast would run cuDNN's RNN in fp16 even for bf16; forced here on the CPU's autocast."""
-    module = rnn.RNN_CELLS[cell](4, 5, batch_first=True)
+    module = rnn_layers.RNN_CELLS[cell](4, 5, batch_first=True)
     x = torch.randn(2, 3, 4).bfloat16()  # what an autocast layer before the RNN hands it
     h = torch.randn(1, 2, 5).bfloat16()
     hx = (h, h) if cell == "lstm" else h
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert rnn.rnn_call(module, x, hx)[0].dtype == torch.bfloat16  # the CPU: autocast decides
+        assert rnn_layers.rnn_call(module, x, hx)[0].dtype == torch.bfloat16  # the CPU: autocast decides
         force_gpu_rule(monkeypatch, "runs_outside_autocast")
-        output, new_hx = rnn.rnn_call(module, x, hx)
+        output, new_hx = rnn_layers.rnn_call(module, x, hx)
     expected, expected_hx = module(x.float(), (h.float(), h.float()) if cell == "lstm" else h.float())
     assert output.dtype == torch.float32
     torch.testing.assert_close(output, expected)

@@ -20,6 +20,7 @@ from seq2seq.training.distributed import DistInfo
 from seq2seq.training import loss as loss_module
 from seq2seq.training.loss import label_smoothed_nll, projected_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
+from seq2seq.training.budget import TimeBudget
 from seq2seq.training.trainer import (Trainer, TrainingStopped, accumulation_steps, read_metrics, seed_everything, train,
                                       uneven_update_warning)
 
@@ -146,6 +147,35 @@ def test_the_chunked_training_loss_under_bf16_autocast_keeps_fp32_weight_gradien
     for p, grad in zip(output.parameters(), expected):
         assert p.grad.dtype == torch.float32
         torch.testing.assert_close(p.grad, grad, rtol=0.05, atol=2e-2)
+
+
+def test_the_training_loss_survives_the_fp16_grad_scalers_first_scale():
+    # GradScaler starts at 2**16, past fp16's largest number: scaling the features' gradient in
+    # fp16 turned the whole first update into inf. (Small weights keep the true scaled gradient
+    # within fp16's range, as it mostly is in training.)
+    torch.manual_seed(3)
+    output = torch.nn.Linear(16, 40)
+    with torch.no_grad():
+        output.weight.mul_(0.1)
+    features, target = torch.randn(10, 16), torch.randint(1, 40, (10,))
+    reference = features.clone().requires_grad_()
+    label_smoothed_nll(output(reference), target, 0.1).loss.backward()
+
+    half = features.half().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.float16):
+        sums = projected_smoothed_nll(half, output, target, 0.1)
+    scale = 2.0**16
+    (sums.loss * scale).backward()
+    assert half.grad.dtype == torch.float16 and bool(half.grad.isfinite().all())
+    torch.testing.assert_close(half.grad.float() / scale, reference.grad, rtol=0.02, atol=2e-4)
+
+
+def test_the_training_loss_projects_all_rows_at_once_on_a_gpu():
+    vocab = 8000
+    assert loss_module.chunk_rows(torch.device("cuda", 0), 12_345, vocab) == 12_345
+    assert loss_module.chunk_rows(torch.device("cpu"), 12_345, vocab) == loss_module.CHUNK_ELEMENTS // vocab
+    assert loss_module.chunk_rows(torch.device("cpu"), 10, 2 * loss_module.CHUNK_ELEMENTS) == 1
+    assert loss_module.chunk_rows(torch.device("cuda"), 0, vocab) == 1  # (a range step of 0 would raise)
 
 
 def test_the_chunked_training_loss_without_gradients_gives_the_same_sums():
@@ -284,7 +314,16 @@ def test_max_bad_steps_in_a_row_stop_training_with_a_usable_checkpoint(tiny_corp
 
 def test_max_minutes_stops_after_the_update_that_crosses_the_budget(tiny_corpus, tmp_path, monkeypatch):
     # A fake clock: every update takes 30 s, so a 2-minute budget ends the run at step 4.
-    monkeypatch.setattr(Trainer, "wall_seconds", lambda self: 30.0 * self.state.step)
+    steps_done = [0]
+    real_step = Trainer.optimizer_step
+
+    def counted_step(self, group):
+        figures = real_step(self, group)
+        steps_done[0] = self.state.step
+        return figures
+
+    monkeypatch.setattr(Trainer, "optimizer_step", counted_step)
+    monkeypatch.setattr(TimeBudget, "seconds", lambda self: 30.0 * steps_done[0])
     out = tmp_path / "run"
     cfg = tiny_corpus.config(out, "train.max_steps=50", "train.max_minutes=2", "train.valid_every=100",
                              "train.log_every=10")

@@ -13,12 +13,8 @@ Decoder, one target position at a time, in one of two styles:
 Both then form the attentional state h~_t = tanh(W_c [c_t; h_t]) and project it to the
 target vocabulary (through the tied input embedding when model.tie_embeddings).
 
-Every layer, and every direction of an encoder layer, is a one-layer nn.RNN/GRU/LSTM of its
-own (``RNNLayers``), with attn's dropout between layers: nn.RNN's built-in dropout would draw,
-on a GPU, from cuDNN's own dropout state, which no checkpoint holds, so a resumed run could
-not repeat its noise. The encoder runs its layers over padded rows on the CPU
-(``run_to_lengths``) and over packed sequences on a GPU (``run_packed``); on a GPU every RNN
-runs outside autocast (``rnn_call``).
+Every layer, and every direction of an encoder layer, is a one-layer RNN of its own, with
+attn's dropout between layers (rnn_layers.py).
 
 Every state tensor keeps the batch on dim 0 (see state.py), so the decoder state stores the
 RNN state as [B, layers, H] and converts to nn.RNN's [layers, B, H] around each call.
@@ -27,197 +23,18 @@ RNN state as [B, layers, H] and converts to nn.RNN's [layers, B, H] around each 
 from __future__ import annotations
 
 import functools
-import re
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
 from seq2seq.kernels import Dropout, Linear, dropout, lstm_step
 from seq2seq.models.attention import build_attention, context_size
+from seq2seq.models.rnn_layers import (DirectionRunner, RNNHidden, RNNLayers, reverse_within_lengths, run_packed,
+                                       run_to_lengths, to_batch_first, to_layers_first, top_layer,
+                                       uses_packed_sequences)
 from seq2seq.models.state import SharedRows, reorder_state
-
-RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-
-# What nn.RNN / nn.GRU (one tensor) or nn.LSTM (an (h, c) pair) take and return: [layers, B, H].
-RNNHidden = Tensor | tuple[Tensor, Tensor]
-
-
-def to_layers_first(hidden: tuple[Tensor, ...]) -> RNNHidden:
-    """The state's (h,) or (h, c), each [B, layers, H] -> the layout nn.RNN/GRU/LSTM expect."""
-    layers_first = tuple(h.transpose(0, 1).contiguous() for h in hidden)
-    return layers_first if len(layers_first) == 2 else layers_first[0]
-
-
-def to_batch_first(hidden: RNNHidden) -> tuple[Tensor, ...]:
-    """nn.RNN/GRU/LSTM's hidden state -> (h,) or (h, c), each [B, layers, H]."""
-    parts = hidden if isinstance(hidden, tuple) else (hidden,)
-    return tuple(h.transpose(0, 1) for h in parts)
-
-
-def top_layer(hidden: RNNHidden) -> Tensor:
-    """The top layer's h (not an LSTM's c): [B, H]."""
-    h = hidden[0] if isinstance(hidden, tuple) else hidden
-    return h[-1]
-
-
-# ------------------------------------------------------------------------- how RNNs are called
-# Each rule is a function of its own so that the tests can force the GPU's choice on the CPU.
-
-
-def uses_packed_sequences(x: Tensor) -> bool:
-    """Whether the encoder runs over packed sequences (a GPU) or over padded rows (the CPU)."""
-    return x.device.type == "cuda"
-
-
-def runs_outside_autocast(x: Tensor) -> bool:
-    """Whether RNN modules run with autocast off, in their weights' dtype (a GPU; see rnn_call)."""
-    return x.device.type == "cuda"
-
-
-def rnn_call(module: nn.RNNBase, x: Tensor | PackedSequence,
-             hx: RNNHidden | None) -> tuple[Tensor | PackedSequence, RNNHidden]:
-    """``module(x, hx)``; on a GPU with autocast off and x, hx in the weights' dtype.
-
-    Autocast runs cuDNN's RNN in fp16 whatever dtype it was asked for, bf16 included, so a bf16
-    run would train its RNNs in fp16, whose range bf16 runs do not guard (no loss scaling).
-    Outside autocast they run in float32, with TF32 products (the trainer enables TF32). The
-    weights' dtype rather than float32 itself: a bf16 copy of the model (decode.precision bf16)
-    stays in bf16. On the CPU autocast keeps its say, as before.
-    """
-    data = x.data if isinstance(x, PackedSequence) else x
-    if not runs_outside_autocast(data):
-        return module(x, hx)
-    dtype = module.weight_ih_l0.dtype
-    if hx is not None:
-        hx = tuple(h.to(dtype) for h in hx) if isinstance(hx, tuple) else hx.to(dtype)
-    with torch.autocast(data.device.type, enabled=False):
-        return module(x.to(dtype), hx)
-
-
-# ------------------------------------------------------------------------- the layers
-
-# Checkpoints written before each layer had a module of its own hold one multi-layer nn.RNN's
-# names: <prefix>weight_ih_l1_reverse is now <prefix>l1_reverse.weight_ih_l0.
-_MULTI_LAYER_NAME = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?")
-
-
-def rename_multi_layer_keys(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
-    """A load_state_dict pre-hook of ``RNNLayers``: old names -> new ones, in place."""
-    for key in [key for key in state_dict if key.startswith(prefix)]:
-        match = _MULTI_LAYER_NAME.fullmatch(key[len(prefix):])
-        if match:
-            name, layer, reverse = match.groups()
-            state_dict[f"{prefix}l{layer}{reverse or ''}.{name}_l0"] = state_dict.pop(key)
-
-
-class RNNLayers(nn.ModuleDict):
-    """One one-layer nn.RNN/GRU/LSTM (batch first) per layer and direction, named l0,
-    l0_reverse, l1, ..., and the dropout between layers (``dropout``, run by attn).
-
-    Called, it is a one-direction multi-layer nn.RNN/GRU/LSTM: x [B,T,In], hidden [layers,B,H]
-    (an LSTM's an (h, c) pair) -> the top layer's outputs [B,T,H], the new hidden. The encoder
-    runs its directions itself. The parameters come in the multi-layer module's order (l0,
-    l0_reverse, l1, ...; weight_ih, weight_hh, bias_ih, bias_hh), so that the optimizer state
-    of a run saved before, which is positional, still fits on resume.
-    """
-
-    def __init__(self, kind: str, input_dim: int, hidden_dim: int, layers: int, directions: int = 1,
-                 dropout: float = 0.0):
-        super().__init__({
-            f"l{layer}{suffix}": RNN_CELLS[kind](input_dim if layer == 0 else directions * hidden_dim, hidden_dim,
-                                                 batch_first=True)
-            for layer in range(layers) for suffix in ("", "_reverse")[:directions]
-        })
-        self.num_layers, self.directions, self.dropout = layers, directions, dropout
-        self.register_load_state_dict_pre_hook(rename_multi_layer_keys)
-
-    def stack(self, reverse: bool = False) -> list[nn.RNNBase]:
-        """One direction's modules, the bottom layer first."""
-        suffix = "_reverse" if reverse else ""
-        return [self[f"l{layer}{suffix}"] for layer in range(self.num_layers)]
-
-    def forward(self, x: Tensor, hidden: RNNHidden) -> tuple[Tensor, RNNHidden]:
-        pairs = isinstance(hidden, tuple)
-        states = hidden if pairs else (hidden,)
-        new_states = []
-        for layer, module in enumerate(self.stack()):
-            if layer > 0:
-                x = dropout(x, self.dropout, self.training)
-            hx = tuple(state[layer : layer + 1] for state in states)
-            x, new = rnn_call(module, x, hx if pairs else hx[0])
-            new_states.append(new if pairs else (new,))
-        merged = tuple(torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*new_states))
-        return x, merged if pairs else merged[0]
-
-
-# ------------------------------------------------------------------------- the encoder
-
-
-def reverse_within_lengths(x: Tensor, lengths: Tensor) -> Tensor:
-    """Each row's first ``length`` positions in reverse order, padding left where it is: [B,S,*].
-
-    Its own inverse. A backward RNN over the result reads each sentence from its last real
-    token, and its padding comes last, as in the forward direction.
-    """
-    positions = torch.arange(x.size(1), device=x.device).unsqueeze(0)
-    lengths = lengths.unsqueeze(1)
-    index = torch.where(positions < lengths, lengths - 1 - positions, positions)
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
-
-
-# Runs one layer and direction: (module, x [B,S,D], final_state) -> outputs [B,S,H] (exact at
-# real positions), the state (h,) or (h, c), each [B,H], after each row's own last token
-# (None when not asked for, where that saves work).
-DirectionRunner = Callable[[nn.RNNBase, Tensor, bool], tuple[Tensor, tuple[Tensor, ...] | None]]
-
-
-def run_to_lengths(module: nn.RNNBase, x: Tensor, final_state: bool, lengths: Tensor,
-                   shortest: int) -> tuple[Tensor, tuple[Tensor, ...] | None]:
-    """A DirectionRunner over padded rows, the CPU's way (rows padded at the end).
-
-    Padding comes after a row's tokens, so the outputs need one fused call over all positions.
-    The final state needs more: the positions every row has run in one fused call, and the few
-    after the shortest row's end one call a step, where a row that has ended keeps its state
-    (``shortest`` is lengths.min(), read by the caller once for all layers).
-    This replaces packed sequences, which on the CPU run a generic per-step path whose backward
-    zero-fills a gradient of the whole input at every step: the packed 2-layer bi-LSTM encoder
-    of config R took 175-343 ms a batch forward and backward, against 121-129 ms for the fused
-    kernel over the same padded batch.
-    """
-    lstm = isinstance(module, nn.LSTM)
-    zeros = x.new_zeros(1, x.size(0), module.hidden_size)
-    state = (zeros, zeros) if lstm else (zeros,)
-
-    def call(inputs: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
-        output, new_state = rnn_call(module, inputs, state if lstm else state[0])
-        return output, new_state if lstm else (new_state,)
-
-    if not final_state:
-        return call(x, state)[0], None
-    output, state = call(x[:, :shortest], state)
-    outputs = [output]
-    # unbind, not x[:, t]: one backward node for the tail, not one whole-input gradient a step.
-    for t, x_t in enumerate(x[:, shortest:].unbind(1), start=shortest):
-        output, new_state = call(x_t.unsqueeze(1), state)
-        running = (lengths > t).view(1, -1, 1)
-        state = tuple(torch.where(running, new, old) for new, old in zip(new_state, state))
-        outputs.append(output)
-    return torch.cat(outputs, dim=1), tuple(s.squeeze(0) for s in state)
-
-
-def run_packed(module: nn.RNNBase, x: Tensor, final_state: bool,
-               cpu_lengths: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """A DirectionRunner over packed sequences, the GPU's way: one call, whose final state is
-    each row's own (so ``final_state`` changes nothing); outputs are zero at padding."""
-    packed = pack_padded_sequence(x, cpu_lengths, batch_first=True, enforce_sorted=False)
-    output, hidden = rnn_call(module, packed, None)
-    outputs, _ = pad_packed_sequence(output, batch_first=True, total_length=x.size(1))
-    return outputs, tuple(h.squeeze(0) for h in (hidden if isinstance(hidden, tuple) else (hidden,)))
-
 
 class RNNEncoder(nn.Module):
     """Embeds the source and runs a (bi)directional RNN over each sentence's real tokens."""

@@ -18,6 +18,7 @@ import pickletools
 import random
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,28 @@ from seq2seq.files import replaced_atomically
 # Where checkpoints live in a run folder: seq2seq/run_folder.py (names kept here for callers).
 from seq2seq.run_folder import (BEST_NAME, CHECKPOINT_DIR, checkpoint_dir, resolve_checkpoint,  # noqa: F401
                                 step_checkpoint_path, step_checkpoints)
+
+
+def run_payload(config: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+                plateau: Any, run_state: dict[str, Any], rng_states: list[dict[str, Any]],
+                tokenizer_bytes: tuple[bytes, bytes | None]) -> dict[str, Any]:
+    """What a checkpoint of a run holds (see the module docstring)."""
+    src_bytes, tgt_bytes = tokenizer_bytes
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "attn_version": __version__,
+        "config": config,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "plateau": plateau.state_dict(),
+        "run_state": run_state,
+        # Rank 0's RNG states, and under DDP every rank's (dropout differs per rank).
+        "rng": rng_states[0],
+        **({"rng_ranks": rng_states} if len(rng_states) > 1 else {}),
+        "tokenizer": {"src": bytes_to_tensor(src_bytes),
+                      "tgt": bytes_to_tensor(tgt_bytes) if tgt_bytes is not None else None},
+    }
 
 
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
@@ -176,3 +199,18 @@ def bytes_to_tensor(data: bytes) -> torch.Tensor:
 
 def tensor_to_bytes(tensor: torch.Tensor) -> bytes:
     return tensor.numpy().tobytes()
+
+
+def newest_resumable(output_dir: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """The newest step checkpoint that loads and holds an optimizer state, with its payload;
+    a damaged newest one falls back to the one before (``log`` hears why)."""
+    for path in reversed(step_checkpoints(output_dir)):
+        try:
+            payload = load_checkpoint(path)
+        except UserError as exc:
+            log(f"warning: skipping {exc}")
+            continue
+        if "optimizer" in payload:
+            return path, payload
+        log(f"warning: skipping {path}: no optimizer state to resume from (an averaged checkpoint?)")
+    raise UserError(f"output_dir: no loadable checkpoint in {checkpoint_dir(output_dir)}")

@@ -18,16 +18,11 @@ waits for the device in between; on the CPU reading them is free, so it happens 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import random
-import shutil
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,190 +30,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from seq2seq import CHECKPOINT_FORMAT, __version__, kernels
 from seq2seq.config import Config, dump_config
 from seq2seq.data.batching import TokenBatchSampler, collate
-from seq2seq.data.prepare import PreparedData, prepare_data
+from seq2seq.data.prepare import PreparedData
 from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
 from seq2seq.files import missing_folders, removed_if_failed, write_text_atomic
 from seq2seq.kernels.optim import step_unless
 from seq2seq.models.builder import build_model, describe_model
-from seq2seq.run_folder import (CONFIG_FILE, CURVE_FILE, METRICS_FILE, REPORT_DIR, RESULTS_CSV,  # noqa: F401
-                                TENSORBOARD_DIR, read_metrics)
+from seq2seq.run_folder import CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, read_metrics
 from seq2seq.training import checkpoint as ckpt
-from seq2seq.training.distributed import (DistInfo, all_gather_objects, all_reduce_sum, broadcast_from_main,
-                                          cleanup, dist_info, join_group, stop_all_if_main_failed)
+from seq2seq.training.budget import TimeBudget
+from seq2seq.training.data_order import accumulation_steps, uneven_update_warning, update_batches
+from seq2seq.training.distributed import (DistInfo, PreviousValue, all_gather_objects, all_reduce_sum,
+                                          broadcast_from_main, cleanup, dist_info)
 from seq2seq.training.loss import projected_smoothed_nll
+from seq2seq.training.progress import Progress, Window
+from seq2seq.training.records import MetricsLog, trim_metrics
+from seq2seq.training.run_state import RunState, TrainSummary
 from seq2seq.training.schedule import Plateau, lr_at
-
-
-
-@dataclass
-class RunState:
-    """Where the run is: saved in every checkpoint so --resume continues the same run."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of this epoch already consumed (each rank)
-    world_size: int = 1  # processes the data position above refers to
-    best_score: float | None = None
-    best_step: int = 0
-    validations_without_improvement: int = 0
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0  # wall clock of the run so far, validation included (train.max_minutes)
-    target_tokens: int = 0  # of every rank, up to the last checkpoint
-
-
-@dataclass
-class TrainSummary:
-    output_dir: Path
-    steps: int
-    best_step: int
-    best_score: float | None
-    metric: str
-    stopped_because: str
-    interrupted: bool = False  # Ctrl-C/SIGTERM: saved, but not finished
-    is_main: bool = True  # rank 0 (or a single process): the one that validated
-    unvalidated: Path | None = None  # the final checkpoint, where it was never validated
-
-
-# ------------------------------------------------------------------------- set-up
-
-
-def pick_device(cfg: Config, info: DistInfo) -> torch.device:
-    if cfg.train.device == "cpu" or (cfg.train.device == "auto" and not torch.cuda.is_available()):
-        if cfg.train.precision == "fp16":  # device cpu is refused at load time; auto found no GPU
-            raise UserError("train.precision: fp16 needs a GPU and none is visible; use bf16 or fp32 on the CPU")
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UserError("train.device: cuda was asked for but no GPU is visible; use auto or cpu")
-    return torch.device("cuda", local_cuda_index(info.local_rank, torch.cuda.device_count()))
-
-
-def local_cuda_index(local_rank: int, visible: int) -> int:
-    """The GPU this process trains on: its LOCAL_RANK among the GPUs it sees, or the only one it
-    sees (a scheduler that sets CUDA_VISIBLE_DEVICES per rank gives each process one GPU, cuda:0)."""
-    if visible == 1:
-        return 0
-    if local_rank < visible:
-        return local_rank
-    raise UserError(f"LOCAL_RANK {local_rank} but this process sees {visible} GPUs; give each process one GPU "
-                    "(CUDA_VISIBLE_DEVICES) or at least as many as ranks per node")
-
-
-def check_precisions(cfg: Config, device: torch.device, log: Callable[[str], None]) -> None:
-    """bf16 in train.precision or decode.precision (which validation uses): refused before
-    anything is written where it cannot run on this CPU, a warning where it is emulated."""
-    for key, value in (("train.precision", cfg.train.precision), ("decode.precision", cfg.decode.precision)):
-        if value == "bf16" and (warning := kernels.check_bf16(device, key)):
-            log(f"warning: {warning}")
-
-
-def make_deterministic() -> None:
-    """train.deterministic: the same algorithms every run, so a resumed GPU run repeats the
-    uninterrupted one bit for bit (cuBLAS needs its workspace fixed before its first use)."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def check_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
-    """Refuse to clobber another run; make sure we can write before spending any compute.
-    Nothing of an earlier run is deleted here: see ``clear_earlier_run``."""
-    out = Path(cfg.output_dir)
-    if resume and overwrite:
-        raise UserError("--resume continues the run in output_dir and --overwrite deletes it; pass one of them")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output_dir: {out} exists and is a file; choose a directory path")
-    # A run that trained (metrics or checkpoints); a config.yaml alone is a run that failed early.
-    has_run = (out / METRICS_FILE).exists() or bool(ckpt.step_checkpoints(out))
-    if resume and not ckpt.step_checkpoints(out):
-        instead = "start over with --overwrite" if has_run else "run without --resume"
-        raise UserError(f"output_dir: {out} has no checkpoint to resume from; {instead}")
-    if has_run and not resume and not overwrite:
-        raise UserError(
-            f"output_dir: {out} already holds a run; pass --resume to continue it, "
-            "--overwrite to start over, or choose another output_dir"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"output_dir: cannot write to {out} ({exc.strerror or exc}); choose a writable directory") from None
-    ckpt.remove_temp_files(out)  # half-written checkpoints of a run that was killed
-    return out
-
-
-def clear_earlier_run(out: Path) -> None:
-    """--overwrite: delete what the earlier run wrote (checkpoints, records, its evaluations:
-    they describe a model that is gone), once the new run is known to start (its data, model and
-    optimizer built), so that bad input never costs the old run. The prepared data stays."""
-    for folder in (ckpt.checkpoint_dir(out), out / TENSORBOARD_DIR, out / REPORT_DIR):
-        shutil.rmtree(folder, ignore_errors=True)
-    for name in (METRICS_FILE, CURVE_FILE, CONFIG_FILE, RESULTS_CSV):
-        (out / name).unlink(missing_ok=True)
-
-
-def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    t = cfg.train
-    opt_class = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    # Fused Adam is one kernel for all parameters, on CPU and GPU alike, and it can skip a
-    # non-finite update on its own (found_inf), so the loop never waits on the device.
-    return opt_class(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=True)
-
-
-def autocast_context(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.train.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# ------------------------------------------------------------------------- data order
-
-
-def update_batches(sampler: TokenBatchSampler, accumulation: int, state: RunState,
-                   max_epochs: int | None) -> Iterator[list[np.ndarray]]:
-    """Yield the micro-batches of each update, starting where ``state`` says the run is.
-
-    The order of an epoch depends only on (seed, epoch), so resuming needs nothing but the
-    epoch and the number of micro-batches already consumed.
-    """
-    while max_epochs is None or state.epoch < max_epochs:
-        batches = sampler.batches(state.epoch)
-        while state.batch_in_epoch < len(batches):
-            group = batches[state.batch_in_epoch: state.batch_in_epoch + accumulation]
-            state.batch_in_epoch += len(group)
-            yield group
-        state.epoch += 1
-        state.batch_in_epoch = 0
-
-
-def accumulation_steps(cfg: Config, world_size: int) -> int:
-    """Micro-batches per rank and update, so the global update size does not depend on the world size."""
-    return max(1, round(cfg.effective_update_tokens / (cfg.train.batch_tokens * world_size)))
-
-
-def uneven_update_warning(cfg: Config, world_size: int) -> str | None:
-    """Why updates will not hold ``train.update_tokens`` tokens with ``world_size`` processes, if so."""
-    update = accumulation_steps(cfg, world_size) * cfg.train.batch_tokens * world_size
-    if update == cfg.effective_update_tokens:
-        return None
-    return (f"train.update_tokens={cfg.effective_update_tokens} is not a multiple of train.batch_tokens x processes "
-            f"({cfg.train.batch_tokens} x {world_size}): updates hold up to {update} tokens; make it one so that "
-            "runs with other process counts take the same updates")
-
-
-# ------------------------------------------------------------------------- the loop
+from seq2seq.training.setup import (autocast_context, build_optimizer, clear_earlier_run, prepare_run,
+                                    seed_everything, set_up_process)
+from seq2seq.training.signals import interrupt_handler
 
 
 class Trainer:
@@ -259,32 +92,17 @@ class Trainer:
         self.tokens_since_save = torch.zeros((), dtype=torch.float64, device=device)  # all ranks' targets
         self.skipped_logged = 0
         self.interrupted = False  # set by the Ctrl-C/SIGTERM handler
-        self.wall_start, self.wall_before = time.perf_counter(), 0.0  # see wall_seconds
-        self.tensorboard = None  # a SummaryWriter, opened by train() once the output folder is ready
+        self.budget = TimeBudget(cfg.train.max_minutes)
+        self.records = MetricsLog(self.out, info.is_main)
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.validated_step = -1
-        self.validation_reserve = 0.0  # seconds of train.max_minutes kept for the final validation
-        self.pending_interrupt: tuple[torch.Tensor, Any] | None = None  # DDP on GPU: see stop_requested
+        self.interrupt_flag = PreviousValue()  # DDP on a GPU: see stop_requested
 
     # --- checkpoints ------------------------------------------------------------
 
     def checkpoint_payload(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
-        src_bytes, tgt_bytes = self.prepared.tokenizer.to_bytes()
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "attn_version": __version__,
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "plateau": self.plateau.state_dict(),
-            "run_state": asdict(self.state),
-            # Rank 0's RNG states, and under DDP every rank's (dropout differs per rank).
-            "rng": rng_states[0],
-            **({"rng_ranks": rng_states} if len(rng_states) > 1 else {}),
-            "tokenizer": {"src": ckpt.bytes_to_tensor(src_bytes),
-                          "tgt": ckpt.bytes_to_tensor(tgt_bytes) if tgt_bytes is not None else None},
-        }
+        return ckpt.run_payload(self.cfg.to_dict(), self.model, self.optimizer, self.scaler, self.plateau,
+                                asdict(self.state), rng_states, self.prepared.tokenizer.to_bytes())
 
     def save(self, best: bool = False, alone: bool = False) -> None:
         """Write the step checkpoint (and best.pt); every rank calls it, rank 0 writes.
@@ -304,18 +122,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Load the newest checkpoint that loads; an unreadable newest one falls back to the one before."""
-        candidates = ckpt.step_checkpoints(self.out)
-        for path in reversed(candidates):
-            try:
-                payload = ckpt.load_checkpoint(path)
-            except UserError as exc:
-                self.log(f"warning: skipping {exc}")
-                continue
-            if "optimizer" in payload:
-                break
-            self.log(f"warning: skipping {path}: no optimizer state to resume from (an averaged checkpoint?)")
-        else:
-            raise UserError(f"output_dir: no loadable checkpoint in {ckpt.checkpoint_dir(self.out)}")
+        path, payload = ckpt.newest_resumable(self.out, self.log)
         try:
             self.model.load_state_dict(payload["model"])
         except RuntimeError:
@@ -383,7 +190,7 @@ class Trainer:
 
         # One all-reduce for every figure; the Ctrl-C flag rides along so all ranks stop together.
         # torch.full launches a fill on the device: no host-to-device copy to wait for.
-        stop = self.interrupted or self.out_of_time()
+        stop = self.interrupted or self.budget.out_of_time()
         scalars = [torch.full((), float(x), device=self.device) for x in (tgt_tokens, src_tokens, stop)]
         totals = all_reduce_sum(torch.cat([sums, torch.stack(scalars)]), self.info)
         figures = dict(zip(("loss", "nll", "correct", "tokens", "src_tokens", "interrupt"), totals.unbind()))
@@ -446,50 +253,28 @@ class Trainer:
         it never waits for the update the device is working on now.
         """
         if not self.info.enabled:
-            return self.interrupted or self.out_of_time()
+            return self.interrupted or self.budget.out_of_time()
         if self.device.type != "cuda":
             return bool(figures["interrupt"] > 0)
-        previous = self.pending_interrupt
-        host = torch.empty((), pin_memory=True)
-        host.copy_(figures["interrupt"], non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        self.pending_interrupt = (host, done)
-        if previous is None:
-            return False
-        previous[1].synchronize()
-        return bool(previous[0] > 0)
-
-    def wall_seconds(self) -> float:
-        """Wall clock of the whole run: earlier (resumed) sessions plus this one."""
-        return self.wall_before + time.perf_counter() - self.wall_start
-
-    def budget_left(self) -> float:
-        """Seconds of train.max_minutes still to go (inf without a budget)."""
-        budget = self.cfg.train.max_minutes
-        return math.inf if budget is None else 60 * budget - self.wall_seconds()
-
-    def out_of_time(self) -> bool:
-        """Past train.max_minutes, less the time the final validation will take (rank 0's
-        estimate; the other ranks stop when rank 0 does, as the stop flag is summed)."""
-        return self.budget_left() <= self.validation_reserve
+        return self.interrupt_flag.swap(figures["interrupt"]) > 0
 
     def estimate_validation(self) -> None:
-        """With a time budget, how long the final validation will take: the last one's length
-        (this run's, or one on record from before a resume), else a short timed slice."""
+        """With a time budget, keep the final validation's length at its end: the last one's
+        (this run's, or one on record from before a resume), else a short timed slice's estimate.
+        Rank 0's: the other ranks stop when it does, as the stop flag is summed."""
         if self.cfg.train.max_minutes is None or not self.info.is_main:
             return
         timed = [r["valid_seconds"] for r in read_metrics(self.out / METRICS_FILE) if "valid_seconds" in r]
         if timed:
-            self.validation_reserve = timed[-1]
+            self.budget.reserve = timed[-1]
             return
         from seq2seq.training.validation import estimate_validation_seconds
 
-        self.validation_reserve = estimate_validation_seconds(self.model, self.prepared, self.cfg, self.device)
+        self.budget.reserve = estimate_validation_seconds(self.model, self.prepared, self.cfg, self.device)
 
     # --- the run ------------------------------------------------------------------
 
-    def run(self, progress: "Progress") -> TrainSummary:
+    def run(self, progress: Progress) -> TrainSummary:
         cfg = self.cfg
         metric = cfg.train.early_stopping_metric
         save_every = cfg.train.save_every or cfg.train.valid_every
@@ -498,7 +283,7 @@ class Trainer:
         batches = update_batches(self.sampler, self.accumulation, self.state, cfg.train.max_epochs)
         start = time.perf_counter()
         start_step = self.state.step
-        self.wall_start, self.wall_before = start, self.state.wall_seconds
+        self.budget.restart(self.state.wall_seconds)
         self.estimate_validation()
         while self.state.step < cfg.train.max_steps:
             group = next(batches, None)
@@ -511,19 +296,19 @@ class Trainer:
             t0 = time.perf_counter()
             figures = self.optimizer_step(group)
             window.add(figures, time.perf_counter() - t0)
-            self.state.wall_seconds = self.wall_seconds()
+            self.state.wall_seconds = self.budget.seconds()
             step = self.state.step
             log_now = step % cfg.train.log_every == 0 or step == cfg.train.max_steps
             # Reading device counters is free on the CPU; on a GPU it waits, so only when logging.
             read_device = self.device.type == "cpu" or log_now
             if read_device:
                 self.check_non_finite()
-            progress.tick(step, self.state.epoch, time.perf_counter() - start, step - start_step, self.budget_left())
+            progress.tick(step, self.state.epoch, time.perf_counter() - start, step - start_step, self.budget.left())
 
             if log_now:
                 record = window.record(step, self.state.epoch, self.skipped)
                 self.state.train_seconds += window.seconds
-                self.write_metrics(record)
+                self.records.write(record)
                 progress.line(record)
                 if record["skipped_steps"] > self.skipped_logged:
                     self.log(f"warning: skipped {record['skipped_steps'] - self.skipped_logged} update(s) with a "
@@ -544,7 +329,7 @@ class Trainer:
             if self.stop_requested(figures):
                 # Every rank takes rank 0's view: all of them must take part in a validation.
                 took = ""
-                (out_of_time,) = broadcast_from_main([self.out_of_time() and not self.interrupted], self.info,
+                (out_of_time,) = broadcast_from_main([self.budget.out_of_time() and not self.interrupted], self.info,
                                                      self.device)
                 if out_of_time and self.validated_step != step:  # the final model's score, as at max_steps
                     validation_start = time.perf_counter()
@@ -567,7 +352,7 @@ class Trainer:
                             metric, stopped_because, interrupted=self.interrupted, is_main=self.info.is_main,
                             unvalidated=unvalidated)
 
-    def validate_and_track(self, metric: str, progress: "Progress") -> tuple[bool, bool]:
+    def validate_and_track(self, metric: str, progress: Progress) -> tuple[bool, bool]:
         """Validate on rank 0, log it, and decide (for every rank) whether this is the best so far."""
         improved = False
         self.validated_step = self.state.step
@@ -588,7 +373,7 @@ class Trainer:
             else:
                 improved = self.track(result, metric, progress)
                 if self.cfg.train.max_minutes is not None:  # the next one will take about as long
-                    self.validation_reserve = result["valid_seconds"]
+                    self.budget.reserve = result["valid_seconds"]
         patience = self.cfg.train.patience
         stop = patience is not None and self.state.validations_without_improvement >= patience
         # Only rank 0 validated: every rank takes its decisions and its plateau scale.
@@ -596,7 +381,7 @@ class Trainer:
             [improved, stop, self.plateau.scale], self.info, self.device)
         return bool(improved), bool(stop)
 
-    def track(self, result: dict[str, float], metric: str, progress: "Progress") -> bool:
+    def track(self, result: dict[str, float], metric: str, progress: Progress) -> bool:
         """Record a validation's figures (metrics, progress, plot, plateau); whether it is the best."""
         score = {"bleu": result["valid_bleu"], "chrf": result["valid_chrf"], "loss": result["valid_loss"]}[metric]
         higher_is_better = metric != "loss"
@@ -611,150 +396,11 @@ class Trainer:
             self.plateau.update(score, higher_is_better)
         record = {"step": self.state.step, **result, "best_step": self.state.best_step,
                   f"best_{metric}": self.state.best_score}
-        self.write_metrics(record)
+        self.records.write(record)
         progress.validation(record, metric)
-        self.plot_curve()
+        self.records.plot()
         return improved
 
-    def write_metrics(self, record: dict[str, Any]) -> None:
-        if not self.info.is_main:
-            return
-        if self.tensorboard is not None:
-            group = "valid" if "valid_loss" in record else "train"
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(f"{group}/{key}", value, record["step"])
-        try:
-            with open(self.out / METRICS_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise UserError(f"{self.out / METRICS_FILE}: cannot append ({exc.strerror or exc}); "
-                            "free disk space, then continue with --resume") from None
-
-    def plot_curve(self) -> None:
-        from seq2seq.plots import learning_curve
-
-        records = read_metrics(self.out / METRICS_FILE)
-        if records:
-            learning_curve(self.out / CURVE_FILE, records)
-
-
-def tensorboard_writer(cfg: Config) -> type | None:
-    """TensorBoard's SummaryWriter when train.tensorboard is on (imported at start-up, so that
-    a missing package is an error before anything is written)."""
-    if not cfg.train.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError("train.tensorboard: true needs the tensorboard package; "
-                        "pip install 'attn[tensorboard]' or set it to false") from None
-    return SummaryWriter
-
-
-class Window:
-    """Figures accumulated between two log lines (kept on the device until read)."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.seconds = 0.0
-        self.steps = 0
-        self.last_lr = 0.0
-
-    def add(self, figures: dict[str, Any], seconds: float) -> None:
-        for key in ("loss", "nll", "correct", "tokens", "src_tokens"):
-            self.sums[key] = self.sums.get(key, 0) + figures[key]
-        self.last_lr = figures["lr"]
-        self.seconds += seconds
-        self.steps += 1
-
-    def record(self, step: int, epoch: int, skipped: torch.Tensor) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        s = {k: float(v) for k, v in self.sums.items()}  # the one host sync per log interval
-        skipped_steps = int(skipped.item())
-        # The wait above is the device finishing the window's queued work: part of its time.
-        self.seconds += time.perf_counter() - t0
-        tokens = max(s["tokens"], 1.0)
-        seconds = max(self.seconds, 1e-9)
-        return {
-            "step": step, "epoch": epoch + 1,
-            "loss": s["loss"] / tokens,
-            "nll": s["nll"] / tokens,
-            "ppl": math.exp(min(s["nll"] / tokens, 50.0)),
-            "accuracy": s["correct"] / tokens,
-            "lr": float(self.last_lr),
-            # Target and source tokens per second of the whole job (all ranks).
-            "tokens_per_s": s["tokens"] / seconds,
-            "src_tokens_per_s": s["src_tokens"] / seconds,
-            "skipped_steps": skipped_steps,
-        }
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint we resume from; they will be logged again."""
-    if path.exists():
-        records = [r for r in read_metrics(path) if r.get("step", 0) <= step]
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-class Progress:
-    """A live status line on a terminal, plus one plain line per log interval (also for CI logs)."""
-
-    def __init__(self, max_steps: int, enabled: bool, stream=sys.stderr) -> None:
-        self.max_steps = max_steps
-        self.enabled = enabled
-        self.stream = stream
-        self.live = enabled and stream.isatty()
-        self.tokens_per_s = 0.0
-        # A log line first returns the cursor over the live status line it replaces.
-        self.clear = "\r" if self.live else ""
-        self.status_shown = False  # a live status line is on screen, not yet replaced by a log line
-
-    def tick(self, step: int, epoch: int, elapsed: float, steps_done: int, budget_left: float = math.inf) -> None:
-        if not self.live:
-            return
-        eta = min(elapsed / max(steps_done, 1) * (self.max_steps - step), budget_left)
-        bar = "#" * int(20 * step / self.max_steps)
-        speed = f"{self.tokens_per_s:,.0f} tok/s " if self.tokens_per_s else ""  # known from the first log line
-        self.stream.write(f"\r[{bar:<20}] step {step}/{self.max_steps} ep {epoch + 1} "
-                          f"{speed}ETA {format_seconds(eta)}   ")
-        self.stream.flush()
-        self.status_shown = True
-
-    def finish(self) -> None:
-        """End the live status line, so that what is printed next starts on a line of its own."""
-        if self.status_shown:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.status_shown = False
-
-    def line(self, r: dict[str, Any]) -> None:
-        self.tokens_per_s = r["tokens_per_s"]
-        if not self.enabled:
-            return
-        skipped = f" | skipped {r['skipped_steps']} non-finite" if r["skipped_steps"] else ""
-        self.stream.write(
-            f"{self.clear}step {r['step']:>6}/{self.max_steps} | ep {r['epoch']} | loss {r['loss']:.3f}"
-            f" | ppl {r['ppl']:.1f} | acc {r['accuracy']:.1%} | lr {r['lr']:.2e}"
-            f" | {r['tokens_per_s']:,.0f} tgt tok/s{skipped}\n")
-        self.stream.flush()
-        self.status_shown = False
-
-    def validation(self, r: dict[str, Any], metric: str) -> None:
-        if self.enabled:
-            self.stream.write(
-                f"{self.clear}valid @ {r['step']} | loss {r['valid_loss']:.3f} | ppl {r['valid_ppl']:.1f}"
-                f" | BLEU {r['valid_bleu']:.2f} | chrF {r['valid_chrf']:.2f}"
-                f" | best {metric} {r[f'best_{metric}']:.2f} @ {r['best_step']}\n")
-            self.stream.flush()
-            self.status_shown = False
-
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 # ------------------------------------------------------------------------- entry point
@@ -776,31 +422,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False,
 def _train_in_group(cfg: Config, info: DistInfo, resume: bool, overwrite: bool, log: Callable[[str], None],
                     quiet: bool) -> TrainSummary:
     """``train`` within the process group (under torchrun) and the folder clean-up."""
-    device = pick_device(cfg, info)
-    kernels.configure(cfg.train.cpu_kernels)
-    check_precisions(cfg, device, log if info.is_main else (lambda m: None))
-    if cfg.train.deterministic:
-        make_deterministic()
-    join_group(info, device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     main_log = log if info.is_main else (lambda m: None)
-    refused = None
-    if info.is_main:
-        try:
-            writer = tensorboard_writer(cfg)
-            out = check_output_dir(cfg, resume, overwrite)
-            keep_built = ("--resume goes on with the data the run was trained on: restore its config and "
-                          "corpus, or start over with --overwrite") if resume else None
-            prepared = prepare_data(cfg, log=main_log, keep_built=keep_built)
-        except UserError as exc:
-            refused = exc
-    stop_all_if_main_failed(refused, info)
-    if not info.is_main:
-        prepared = prepare_data(cfg, log=main_log)  # up to date now: only loads
+    device = set_up_process(cfg, info, main_log)
+    out, prepared, writer = prepare_run(cfg, info, resume, overwrite, main_log)
     seed_everything(cfg.train.seed)
     trainer = Trainer(cfg, prepared, info, device, main_log)
     if resume:
@@ -811,7 +435,7 @@ def _train_in_group(cfg: Config, info: DistInfo, resume: bool, overwrite: bool, 
             clear_earlier_run(out)
         write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
         if writer is not None:
-            trainer.tensorboard = writer(log_dir=str(out / TENSORBOARD_DIR))
+            trainer.records.tensorboard = writer(log_dir=str(out / TENSORBOARD_DIR))
     main_log(f"model: {describe_model(trainer.model)}")
     main_log(f"training on {device} x{info.world_size}: {len(trainer.train_data):,} pairs, "
              f"{trainer.accumulation} micro-batch(es) of <= {cfg.train.batch_tokens} tokens per update "
@@ -833,39 +457,9 @@ def _train_in_group(cfg: Config, info: DistInfo, resume: bool, overwrite: bool, 
         finally:
             progress.finish()  # before a summary or an error line
     if info.is_main:
-        trainer.plot_curve()
-        if trainer.tensorboard is not None:
-            trainer.tensorboard.close()
+        trainer.records.plot()
+        if trainer.records.tensorboard is not None:
+            trainer.records.tensorboard.close()
     return summary
 
 
-# A second signal within this many seconds of the first is taken for a copy of it.
-REPEATED_SIGNAL_SECONDS = 1.0
-
-
-@contextlib.contextmanager
-def interrupt_handler(trainer: Trainer) -> Iterator[None]:
-    """First Ctrl-C/SIGTERM: finish the current step, save, stop. A second Ctrl-C: stop now.
-
-    Only a Ctrl-C that comes a moment after the first aborts. A repeated SIGTERM, or a
-    signal that arrives twice at once, is the same request: torchrun forwards to its workers
-    what it receives, so a signal sent to the whole job (a cancelled SLURM job) reaches each
-    worker twice within milliseconds, and aborting then would lose the checkpoint.
-    """
-    first_at: float | None = None
-
-    def handle(signum, frame):
-        nonlocal first_at
-        if first_at is None:
-            first_at = time.monotonic()
-            trainer.interrupted = True
-            trainer.log("\nstopping after this step (a checkpoint will be written); press Ctrl-C again to abort")
-        elif signum == signal.SIGINT and time.monotonic() - first_at > REPEATED_SIGNAL_SECONDS:
-            raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
