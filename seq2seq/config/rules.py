@@ -1,0 +1,99 @@
+"""Rules across keys: combinations a config may not hold, and the notes that let one config
+switch architecture freely (keys that do not apply to the chosen one are noted, not refused)."""
+
+from __future__ import annotations
+
+from seq2seq.config.schema import RNN_ARCHS, RNN_ATTENTIONS, Config, ModelConfig
+from seq2seq.errors import UserError
+
+
+def check_combinations(cfg: Config) -> None:
+    """Cross-field rules, and the notes that let one config switch architecture freely."""
+    m = cfg.model
+    if max(cfg.train.betas) >= 1.0:
+        raise UserError(f"train.betas: {list(cfg.train.betas)}; Adam's betas must be below 1, e.g. [0.9, 0.98]")
+    if m.arch == "transformer":
+        if m.attention == "none":
+            raise UserError(
+                "model.attention: 'none' is not supported with model.arch transformer "
+                "(its decoder needs cross-attention); use scaled_dot or local"
+            )
+        if m.attention in ("additive", "dot", "general"):
+            cfg.notes.append(
+                f"model.attention {m.attention} applies to RNN decoders; the Transformer uses "
+                "multi-head scaled dot-product attention (scaled_dot)"
+            )
+            m.attention = "scaled_dot"
+        elif m.attention in ("local_m", "local_p"):
+            cfg.notes.append(
+                f"model.attention {m.attention} applies to RNN decoders; the Transformer uses "
+                f"sliding-window self-attention (local, window {m.window})"
+            )
+            m.attention = "local"
+        if m.positions == "learned" and cfg.data.max_len + 1 > m.max_positions:
+            raise UserError(
+                f"model.max_positions: {m.max_positions} learned positions cannot hold training pairs of "
+                f"data.max_len={cfg.data.max_len} pieces plus EOS; raise max_positions or lower data.max_len"
+            )
+        cfg.notes.append(
+            "the Transformer uses model.hidden_dim as d_model; RNN-only keys are ignored: "
+            "embed_dim, bidirectional, decoder_style, input_feeding, local_score, bridge"
+        )
+    else:
+        if m.attention == "local":
+            cfg.notes.append(
+                "model.attention local is the Transformer's sliding window; the RNN decoder uses local_m"
+            )
+            m.attention = "local_m"
+        ignored = ["heads", "ffn_dim", "norm", "activation", "positions", "max_positions"]
+        if m.decoder_style == "bahdanau":
+            ignored.append("input_feeding (Bahdanau's decoder feeds the context itself)")
+        if m.attention not in ("local_m", "local_p"):
+            ignored += ["window", "local_score (local_m/local_p only)"]
+        cfg.notes.append(f"this RNN model ignores: {', '.join(ignored)}")
+    check_architecture(m)
+    if m.share_vocab and not cfg.data.tokenizer.joint:
+        raise UserError(
+            "model.share_vocab: true needs data.tokenizer.joint: true (one vocabulary for both "
+            "languages); set one of them accordingly"
+        )
+    if cfg.train.update_tokens is not None and cfg.train.update_tokens < cfg.train.batch_tokens:
+        raise UserError(
+            f"train.update_tokens: {cfg.train.update_tokens} is smaller than train.batch_tokens "
+            f"({cfg.train.batch_tokens}); raise it or lower batch_tokens"
+        )
+    t, d = cfg.train, cfg.decode
+    if t.batch_tokens < cfg.data.max_len + 1:
+        raise UserError(
+            f"train.batch_tokens: {t.batch_tokens} cannot hold a training pair of data.max_len={cfg.data.max_len} "
+            f"pieces plus EOS; raise it to at least {cfg.data.max_len + 1} or lower data.max_len"
+        )
+    if t.min_lr > t.lr:
+        raise UserError(f"train.min_lr: {t.min_lr} is above train.lr ({t.lr}); the floor must be below the peak")
+    if d.max_len_a == 0 and d.max_len_b == 0:
+        raise UserError("decode.max_len_b: with max_len_a 0 as well, every output would be empty; "
+                        "set max_len_b to at least 1")
+    if cfg.train.precision == "fp16" and cfg.train.device == "cpu":
+        raise UserError("train.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    if cfg.data.src_lang == cfg.data.tgt_lang:
+        raise UserError("data.tgt_lang: must differ from data.src_lang")
+
+
+def check_architecture(m: ModelConfig) -> None:
+    """The rules of each architecture, for a model section whose attention has been mapped to
+    its family (see _check_combinations)."""
+    if m.arch in RNN_ARCHS:
+        if m.attention not in RNN_ATTENTIONS:
+            raise UserError(f"model.attention: {m.attention!r} is not an RNN attention; "
+                            f"use one of {', '.join(RNN_ATTENTIONS)}")
+        if m.bidirectional and m.hidden_dim % 2:
+            raise UserError(f"model.hidden_dim: {m.hidden_dim} must be even with model.bidirectional: true "
+                            "(each direction gets half)")
+        if m.attention == "none" and not m.bridge:
+            raise UserError("model.bridge: false with model.attention: none leaves the decoder blind to the "
+                            "source; set model.bridge: true or choose an attention")
+    else:
+        if m.attention not in ("scaled_dot", "local"):
+            raise UserError(f"model.attention: {m.attention!r} is not a Transformer attention; use scaled_dot or local")
+        if m.hidden_dim % m.heads:
+            raise UserError(f"model.hidden_dim: {m.hidden_dim} must be divisible by model.heads ({m.heads})")
