@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale clean
+.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale gpu-check clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ bench-quality: install
 
 bench-scale: install
 	$(PY) -m bench.scale
+
+# Every GPU code path once on the bundled sample corpus, then one table (under 9 minutes on
+# one H100; without a GPU it says so and exits 0). Details: bench/gpu_check.py.
+gpu-check: install
+	$(PY) -m bench.gpu_check
 
 clean:
 	rm -rf runs bench/out .pytest_cache

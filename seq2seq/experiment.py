@@ -29,13 +29,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from seq2seq.config import Config, dump_config, load_config, read_yaml
 from seq2seq.errors import UserError
 from seq2seq.evaluation.report import REPORT_DIR
+
+if TYPE_CHECKING:
+    import torch
 
 SWEEP_KEYS = ("base", "output_dir", "set", "grid", "points")
 REPORT = f"{REPORT_DIR}/report.json"  # what attn evaluate writes in a point's run folder
@@ -166,7 +169,8 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
                 raise KeyboardInterrupt
             src, ref = (Path(f"{point.config.data.test}.{lang}")
                         for lang in (point.config.data.src_lang, point.config.data.tgt_lang))
-            report, _ = translate_and_score(point.output_dir, src, [ref], None, None, decode=point.config.decode)
+            report, _ = translate_and_score(point.output_dir, src, [ref], None, None, decode=point.config.decode,
+                                            device=str(training_device(point.config)))
         except UserError as exc:  # the other points still run, and the leaderboard shows what finished
             log(f"{header}: error: {exc}")
             failed.append(point.name)
@@ -177,6 +181,15 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
         raise UserError(f"{len(failed)} of {len(sweep.points)} points failed ({', '.join(failed)}; their errors "
                         f"are above); the leaderboard {leaderboard} has the others")
     return leaderboard
+
+
+def training_device(cfg: Config) -> torch.device:
+    """Where the point trained (train.device, auto resolved as training resolves it), which is
+    where it is scored: a GPU decodes the test set many times faster than the CPU."""
+    from seq2seq.training.distributed import dist_info
+    from seq2seq.training.setup import pick_device
+
+    return pick_device(cfg, dist_info())
 
 
 def can_resume(point: Point) -> bool:

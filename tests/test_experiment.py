@@ -96,6 +96,36 @@ def test_points_are_scored_with_their_own_decode_settings(tmp_path, tiny_corpus,
     assert decoded == [2, 3]
 
 
+@pytest.mark.parametrize("train_device, gpu_visible, scored_on", [
+    ("auto", True, "cuda:0"), ("auto", False, "cpu"), ("cuda", True, "cuda:0"), ("cpu", True, "cpu"),
+])
+def test_points_are_scored_on_the_device_they_trained_on(tmp_path, tiny_corpus, monkeypatch, train_device,
+                                                         gpu_visible, scored_on):
+    import torch
+
+    import seq2seq.evaluation.evaluate as evaluate
+    import seq2seq.experiment as experiment
+    import seq2seq.training.trainer as trainer
+
+    path = write_sweep(tmp_path, tiny_corpus, max_steps=3)
+    path.write_text(path.read_text().replace("train.device: cpu", f"train.device: {train_device}"))
+    sweep = load_sweep(path)
+    devices = []
+
+    def translate_and_score(*args, device="cpu", **kwargs):
+        devices.append(device)
+        return {"bleu": 1, "chrf": 1}, None
+
+    # What a machine with one GPU answers (nothing here runs on it).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_visible)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: int(gpu_visible))
+    monkeypatch.setattr(trainer, "train", lambda cfg, **kwargs: finished_summary(sweep.points[0]))
+    monkeypatch.setattr(evaluate, "translate_and_score", translate_and_score)
+    monkeypatch.setattr(experiment, "write_leaderboard", lambda sweep: tmp_path / "leaderboard.md")
+    run_sweep(sweep, log=lambda message: None)
+    assert devices == [scored_on]
+
+
 def test_a_failing_point_does_not_stop_the_others(tmp_path, tiny_corpus, monkeypatch):
     import seq2seq.evaluation.evaluate as evaluate
     import seq2seq.experiment as experiment

@@ -494,3 +494,83 @@ def test_hard_alignments_on_a_hand_made_matrix():
     pairs = hard_alignments(attention)
     assert pairs == [(0, 0), (2, 1), (1, 2), (1, 3)]
     assert pharaoh(pairs) == "0-0 2-1 1-2 1-3"
+
+
+# --------------------------------------------------------------------------- what a GPU changes
+
+
+@pytest.mark.parametrize("model_name", ["model", "transformer"])
+def test_greedy_and_sampling_reading_finished_rows_a_step_late_give_the_same_outputs(model_name, src, request,
+                                                                                    monkeypatch):
+    """On a GPU greedy search and sampling learn a step late which sentences ended (so the host
+    never waits for the device): those then leave the batch, and the search stops, a step later."""
+    import seq2seq.decoding.search as search
+
+    model = request.getfixturevalue(model_name)
+
+    def run() -> list[list[Hypothesis]]:
+        draws = sample(model, src, **LIMITS, top_k=3, generator=torch.Generator().manual_seed(5))
+        return [greedy_search(model, src, **LIMITS, return_attention=True), draws]
+
+    at_once = run()
+    monkeypatch.setattr(search, "_reads_late", lambda device: True)
+    late = run()
+    for expected, got in zip(at_once, late):
+        assert [h.tokens for h in got] == [h.tokens for h in expected]
+        assert [h.score for h in got] == pytest.approx([h.score for h in expected], abs=1e-5)
+    for expected, got in zip(at_once[0], late[0]):
+        torch.testing.assert_close(got.attention, expected.attention)
+    assert len({len(h.tokens) for h in at_once[0]}) > 1, "precondition: sentences end at different steps"
+
+
+def test_the_transformer_computes_step_attention_only_for_searches_that_return_it(transformer, src, monkeypatch):
+    returned = []  # whether each step returned attention weights
+    step = transformer.step
+
+    def recording_step(prev, state):
+        logits, state, attention = step(prev, state)
+        returned.append(attention is not None)
+        return logits, state, attention
+
+    monkeypatch.setattr(transformer, "step", recording_step)
+    without = [greedy_search(transformer, src, **LIMITS), beam_search(transformer, src, 3, 1.0, **LIMITS)]
+    assert returned and not any(returned)
+    returned.clear()
+    with_attention = [greedy_search(transformer, src, **LIMITS, return_attention=True),
+                      beam_search(transformer, src, 3, 1.0, **LIMITS, return_attention=True)]
+    assert returned and all(returned)
+    assert transformer.step_attention  # switched back on: model.step alone returns weights
+    assert [h.tokens for h in without[0]] == [h.tokens for h in with_attention[0]]
+    assert [h[0].tokens for h in without[1]] == [h[0].tokens for h in with_attention[1]]
+
+
+def test_an_ensembles_transformers_skip_step_attention_too(transformer, src):
+    ensemble = Ensemble([transformer, transformer])
+    switches = []
+    original = Ensemble.step
+
+    def recording_step(self, prev, state):
+        switches.append([m.step_attention for m in self.members])
+        return original(self, prev, state)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Ensemble, "step", recording_step)
+        beam_search(ensemble, src, 2, 1.0, **LIMITS)
+    assert switches and all(s == [False, False] for s in switches)
+
+
+def test_a_transformer_reorder_finds_the_moved_rows_once_for_all_layers(transformer, src, monkeypatch):
+    import seq2seq.models.transformer as transformer_module
+
+    calls = []
+    moved_rows = transformer_module.moved_rows
+    monkeypatch.setattr(transformer_module, "moved_rows", lambda indices: calls.append(1) or moved_rows(indices))
+    state = transformer.init_state(transformer.encode(src))
+    _, state, _ = transformer.step(torch.full((src.size(0),), 2), state)
+    rows = torch.arange(src.size(0))
+    rows[[0, 1]] = rows[[1, 0]]
+    keys_before = [cache.keys_values()[0].clone() for cache in state["caches"]]  # (reordered in place)
+    reordered = transformer.reorder(state, rows)
+    assert len(transformer.decoder.layers) == 2 and len(calls) == 1
+    for keys, after in zip(keys_before, reordered["caches"]):
+        torch.testing.assert_close(after.keys_values()[0], keys[rows])

@@ -66,8 +66,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", which: str 
         raise UserError(f"{path}: the weights do not match the model its config describes; the file is damaged") from None
     model.to(device).eval()
     if device.type == "cuda":
-        # float32 products on the tensor cores (TF32), as in training (trainer.py): a decoder
-        # in fp32 runs several times faster, and the model was trained with these products.
+        # float32 products on the tensor cores (TF32), as training runs them: several times the
+        # throughput of true float32 products, and the model was trained with these.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return LoadedModel(model, tokenizer, cfg, path, payload.get("run_state", {}).get("step", 0))

@@ -10,6 +10,17 @@ Every search works with any model that has the step interface (the models in
                                                  old state may be overwritten: use the new one)
     forward(src, tgt_in [B,T], return_attention=False) -> logits [B,T,V] (, attention [B,T,S])
     tgt_vocab_size
+    step_attention (optional)                    a model whose attention weights cost extra
+                                                 (the Transformer's) has this switch: the
+                                                 searches turn it off while they run without
+                                                 return_attention, and step returns None
+
+On a GPU every value the host reads from the device (``.item()``, ``int()``, ``bool()``, a
+boolean mask's size) makes it wait until the device has done all the work queued so far, and
+the device then idles while the host queues the next step. So the searches take their
+decisions from host copies: beam search from one copy per step, greedy search and sampling from
+a copy one step old (see ``_DelayedCopy``); their outputs are those of the CPU's step-by-step
+decisions.
 
 Rules shared by all searches, so that their scores can be compared and recomputed:
 
@@ -28,7 +39,8 @@ Rules shared by all searches, so that their scores can be compared and recompute
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,20 +81,23 @@ def gnmt_length_penalty(num_tokens: Tensor | int, alpha: float) -> Tensor | floa
     return ((5.0 + num_tokens) / 6.0) ** alpha
 
 
-def restrict_next_tokens(log_probs: Tensor, num_pieces: int, min_len: int, max_lens: Tensor) -> Tensor:
+def restrict_next_tokens(log_probs: Tensor, num_pieces: int, min_len: int, max_lens: Tensor,
+                         shortest_limit: int = 0) -> Tensor:
     """Set the log-prob of tokens that may not come next to -inf, in place (and return it).
 
     ``log_probs`` [N,V] scores the token after ``num_pieces`` pieces; ``max_lens`` [N] is
-    each row's piece limit. Rows at their limit may only end (EOS); other rows may not end
-    before ``min_len`` pieces. PAD and BOS never appear in training targets, so never here.
+    each row's piece limit, and ``shortest_limit`` a lower bound of it that the caller knows
+    (0: none known). Rows at their limit may only end (EOS); other rows may not end before
+    ``min_len`` pieces. PAD and BOS never appear in training targets, so never here.
     """
     at_limit = (max_lens <= num_pieces).unsqueeze(1)  # [N,1]
     eos = log_probs[:, EOS_ID].clone()
     log_probs[:, PAD_ID] = float("-inf")
     log_probs[:, BOS_ID] = float("-inf")
-    # Rows at their limit: everything but EOS goes. Most steps have none, and a pass over
-    # [N,V] costs more than the check.
-    if bool(at_limit.any()):
+    # Rows at their limit: everything but EOS goes. Before the shortest limit there are none.
+    # After it, on the CPU, most steps still have none, and a pass over [N,V] costs more than
+    # asking; on a GPU the pass costs less than the host's wait for the answer.
+    if num_pieces >= shortest_limit and (log_probs.device.type != "cpu" or bool(at_limit.any())):
         log_probs.masked_fill_(at_limit, float("-inf"))
     if num_pieces >= min_len:
         log_probs[:, EOS_ID] = eos
@@ -159,6 +174,84 @@ def _step_log_probs(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits, dim=-1, out=logits)
 
 
+def _length_limits(max_lens: Tensor) -> tuple[int, int]:
+    """The shortest and the longest of the limits ``max_lens``, read from the device together."""
+    shortest, longest = torch.stack([max_lens.min(), max_lens.max()]).tolist()
+    return shortest, longest
+
+
+def _fetch(*tensors: Tensor | None) -> list[Tensor | None]:
+    """CPU copies of ``tensors`` (None stays None), with one wait for the device for all of them
+    instead of one wait each."""
+    copies = [None if t is None else t.to("cpu", non_blocking=True) for t in tensors]
+    on_gpu = [t for t in tensors if t is not None and t.is_cuda]
+    if on_gpu:
+        torch.cuda.current_stream(on_gpu[0].device).synchronize()
+    return copies
+
+
+def _to_device(host: Tensor, device: torch.device) -> Tensor:
+    """A tensor the host computed, on ``device``: from pinned memory the copy is queued behind
+    the device's work like a kernel, without making the host wait."""
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _reads_late(device: torch.device) -> bool:
+    """Whether greedy search and sampling read their finished flags a step late (``_DelayedCopy``):
+    on a GPU. On the CPU reading them costs nothing."""
+    return device.type == "cuda"
+
+
+class _DelayedCopy:
+    """A device tensor's values on the host one step late, so that reading them never stalls.
+
+    ``swap(tensor)`` starts copying ``tensor`` to pinned host memory and returns the copy that
+    the previous ``swap`` started (None the first time). Waiting for that copy waits for the
+    previous step's work only, while this step's is queued behind it and keeps the device busy.
+    (The trainer reads its interrupt flag the same way.) A CPU tensor is simply kept a step.
+    """
+
+    def __init__(self) -> None:
+        self.pending: tuple[Tensor, torch.cuda.Event | None] | None = None
+
+    def swap(self, tensor: Tensor) -> Tensor | None:
+        previous = self.pending
+        if tensor.is_cuda:
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record()
+            self.pending = (host, copied)
+        else:
+            self.pending = (tensor.clone(), None)
+        if previous is None:
+            return None
+        if previous[1] is not None:
+            previous[1].synchronize()
+        return previous[0]
+
+    def forget(self) -> None:
+        """Drop the copy in flight: the rows it describes have changed."""
+        self.pending = None
+
+
+@contextlib.contextmanager
+def _step_attention(model: nn.Module, wanted: bool) -> Iterator[None]:
+    """While a search runs, tell the models whose attention weights cost extra (those with a
+    ``step_attention`` switch, ensemble members included) whether it will use them."""
+    switches = [m for m in model.modules() if hasattr(m, "step_attention")]
+    before = [m.step_attention for m in switches]
+    for m in switches:
+        m.step_attention = wanted
+    try:
+        yield
+    finally:
+        for m, value in zip(switches, before):
+            m.step_attention = value
+
+
 # --------------------------------------------------------------------------- greedy and sampling
 
 
@@ -226,12 +319,33 @@ def _one_token_per_step(
     With ``drop_finished`` (greedy), sentences that ended leave the batch once they are a
     quarter of it, so the rest decode faster (each drop costs one reorder of the state).
     Sampling keeps them, so that a seeded generator draws exactly as before.
+
+    On a GPU the host learns which sentences ended a step late (``_DelayedCopy``): they leave
+    the batch, and the search stops, one step later than on the CPU. Meanwhile they score
+    nothing and write PAD, so the outputs are the same.
     """
+    with _step_attention(model, return_attention):
+        return _one_token_per_step_loop(model, src, max_len_a, max_len_b, min_len, choose, return_attention,
+                                        drop_finished)
+
+
+def _one_token_per_step_loop(
+    model: nn.Module,
+    src: Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int,
+    choose: Callable[[Tensor], Tensor],
+    return_attention: bool,
+    drop_finished: bool,
+) -> list[Hypothesis]:
     batch_size = src.size(0)
     device = src.device
     src_lens = _source_lengths(src)
     max_lens = max_output_length(src_lens, max_len_a, max_len_b, getattr(model, "max_positions", None))
-    steps = int(max_lens.max()) + 1
+    shortest, longest = _length_limits(max_lens)
+    steps = longest + 1
+    delayed = _DelayedCopy() if _reads_late(device) else None
     state = model.init_state(model.encode(src))
     prev = src.new_full((batch_size,), BOS_ID)
     rows = torch.arange(batch_size, device=device)  # the sentence of each live row
@@ -241,7 +355,7 @@ def _one_token_per_step(
     attentions = None
     for num_pieces in range(steps):
         logits, state, attention = model.step(prev, state)
-        log_probs = restrict_next_tokens(_step_log_probs(logits), num_pieces, min_len, max_lens)
+        log_probs = restrict_next_tokens(_step_log_probs(logits), num_pieces, min_len, max_lens, shortest)
         token = choose(log_probs)
         # Finished rows still in the batch score nothing and write PAD.
         step_scores = log_probs.gather(1, token.unsqueeze(1)).squeeze(1).masked_fill(finished, 0.0)
@@ -258,16 +372,22 @@ def _one_token_per_step(
                 attentions = attention.new_zeros((batch_size, steps, attention.size(-1)), dtype=torch.float)
             attentions[rows, num_pieces] = attention.float()
         finished |= token == EOS_ID
-        num_finished = int(finished.sum())  # the one host sync of the step
-        if num_finished == live:
-            break
-        if drop_finished and 4 * num_finished >= live:
-            keep = rows_that_stay(finished)
-            state = model.reorder(state, keep)
-            rows, max_lens, token, finished = rows[keep], max_lens[keep], token[keep], finished[keep]
         prev = token
+        # Which rows had ended: now on the CPU, as of the step before on a GPU (None: not known yet).
+        ended = finished if delayed is None else delayed.swap(finished)
+        if ended is None:
+            continue
+        num_finished = int(ended.sum())
+        if num_finished == ended.numel():
+            break
+        if drop_finished and 4 * num_finished >= ended.numel():
+            keep = _to_device(rows_that_stay(ended), device)
+            state = model.reorder(state, keep)
+            rows, max_lens, prev, finished = rows[keep], max_lens[keep], prev[keep], finished[keep]
+            if delayed is not None:
+                delayed.forget()
 
-    all_attention = attentions.cpu() if attentions is not None else None
+    chosen, scores, src_lens, all_attention = _fetch(chosen, scores, src_lens, attentions)
     hypotheses = []
     for i, (row, score, src_len) in enumerate(zip(chosen.tolist(), scores.tolist(), src_lens.tolist())):
         length = row.index(EOS_ID)  # always there: EOS is forced at the length limit
@@ -314,6 +434,22 @@ def beam_search(
     """
     if nbest > beam_size:
         raise ValueError(f"nbest ({nbest}) cannot exceed beam_size ({beam_size})")
+    with _step_attention(model, return_attention):
+        return _beam_search_loop(model, src, beam_size, length_penalty, max_len_a, max_len_b, min_len, nbest,
+                                 return_attention)
+
+
+def _beam_search_loop(
+    model: nn.Module,
+    src: Tensor,
+    beam_size: int,
+    length_penalty: float,
+    max_len_a: float,
+    max_len_b: int,
+    min_len: int,
+    nbest: int,
+    return_attention: bool,
+) -> list[list[Hypothesis]]:
     k = beam_size
     vocab_size = model.tgt_vocab_size
     device = src.device
@@ -322,6 +458,7 @@ def beam_search(
     # Per live sentence (N of them; B at first):
     sentence_ids = torch.arange(src.size(0), device=device)
     max_lens = max_output_length(src_lens, max_len_a, max_len_b, getattr(model, "max_positions", None))
+    shortest, longest = _length_limits(max_lens)
     num_finished = torch.zeros_like(sentence_ids)
     # Every sentence starts as k copies; only the first is live, or the k copies would
     # propose the same candidates k times.
@@ -335,12 +472,12 @@ def beam_search(
 
     all_rows = torch.arange(src.size(0) * k, device=device)
     finished: list[_Finished] = []
-    for num_pieces in range(int(max_lens.max()) + 1):
+    for num_pieces in range(longest + 1):
         num_live = beam_scores.size(0)
         prev = beam_tokens[:, -1] if num_pieces else src.new_full((num_live * k,), BOS_ID)
         logits, state, attention = model.step(prev, state)
         log_probs = _step_log_probs(logits)
-        log_probs = restrict_next_tokens(log_probs, num_pieces, min_len, max_lens.repeat_interleave(k))
+        log_probs = restrict_next_tokens(log_probs, num_pieces, min_len, max_lens.repeat_interleave(k), shortest)
 
         # Each beam proposes at most one EOS, so among the 2k best candidates at least k go on.
         candidates = log_probs.add_(beam_scores.view(-1, 1)).view(num_live, k * vocab_size)  # in place
@@ -350,16 +487,6 @@ def beam_search(
 
         ends = (tokens == EOS_ID) & top_scores.isfinite()
         ends[:, k:] = False  # only an EOS ranked among the k best ends a hypothesis
-        ended_rows = rows[ends]
-        keep_attention = return_attention and attention is not None
-        finished.append(
-            _Finished(
-                sentence_ids=sentence_ids.repeat_interleave(ends.sum(dim=1)),
-                tokens=beam_tokens[ended_rows],
-                scores=top_scores[ends] / gnmt_length_penalty(num_pieces + 1, length_penalty),
-                attention=beam_attention[ended_rows] if keep_attention else None,
-            )
-        )
         num_finished += ends.sum(dim=1)
 
         # The k best candidates that did not end stay live, each in its parent's row where
@@ -367,40 +494,62 @@ def beam_search(
         beam_scores, live = top_scores.masked_fill(tokens == EOS_ID, float("-inf")).topk(k, dim=1)
         order = keep_parents_in_place(rows.gather(1, live) % k)
         beam_scores, live = beam_scores.gather(1, order), live.gather(1, order)
-        live_rows = rows.gather(1, live)
+        live_rows = rows.gather(1, live).view(-1)
         live_tokens = tokens.gather(1, live)
-
         done = (num_finished >= k) | (max_lens <= num_pieces)
-        num_done = int(done.sum())  # the explicit host sync of the step
+        in_place = (live_rows == all_rows[: num_live * k]).all()
+
+        # The step's one wait for the device: which candidates ended, which sentences are done,
+        # and whether every beam stayed in its row, brought to the host in one copy.
+        host = torch.cat([ends[:, :k].reshape(-1), done, in_place.view(1)]).cpu()
+        ended_host, done_host = host[: num_live * k].view(num_live, k), host[num_live * k : -1]
+        every_row_in_place = bool(host[-1])
+
+        keep_attention = return_attention and attention is not None
+        if bool(ended_host.any()):
+            sentence, candidate = _to_device(ended_host.nonzero(), device).unbind(1)  # row-major, as a mask picks
+            ended_rows = rows[sentence, candidate]
+            finished.append(
+                _Finished(
+                    sentence_ids=sentence_ids[sentence],
+                    tokens=beam_tokens[ended_rows],
+                    scores=top_scores[sentence, candidate] / gnmt_length_penalty(num_pieces + 1, length_penalty),
+                    attention=beam_attention[ended_rows] if keep_attention else None,
+                )
+            )
+
+        num_done = int(done_host.sum())
         if num_done == num_live:
             break
         if num_done:  # done sentences leave the batch
-            keep = rows_that_stay(done)
-            beam_scores, live_rows, live_tokens = (x[keep] for x in (beam_scores, live_rows, live_tokens))
+            keep = _to_device(rows_that_stay(done_host), device)
+            beam_scores, live_tokens = beam_scores[keep], live_tokens[keep]
+            live_rows = live_rows.view(num_live, k)[keep].view(-1)
             sentence_ids, max_lens, num_finished = (x[keep] for x in (sentence_ids, max_lens, num_finished))
 
-        live_rows = live_rows.view(-1)
-        same_rows = live_rows.numel() == num_live * k and torch.equal(live_rows, all_rows[: num_live * k])
-        if not same_rows:  # (when every row kept its own beam, the state needs no copy)
+        if num_done or not every_row_in_place:  # (when every row kept its own beam, the state needs no copy)
             state = model.reorder(state, live_rows)
         beam_tokens = torch.cat([beam_tokens[live_rows], live_tokens.view(-1, 1)], dim=1)
         if keep_attention:
             step_attention = attention[live_rows].float().unsqueeze(1)
             beam_attention = torch.cat([beam_attention[live_rows], step_attention], dim=1)
 
-    return _best_per_sentence(finished, src_lens.tolist(), nbest)
+    return _best_per_sentence(finished, src_lens, nbest)
 
 
-def _best_per_sentence(finished: list[_Finished], src_lens: list[int], nbest: int) -> list[list[Hypothesis]]:
+def _best_per_sentence(finished: list[_Finished], src_lens: Tensor, nbest: int) -> list[list[Hypothesis]]:
     """Group the finished hypotheses by sentence, best first, at most ``nbest`` each."""
-    per_sentence: list[list[Hypothesis]] = [[] for _ in src_lens]
-    for part in finished:
-        attentions = part.attention.cpu() if part.attention is not None else [None] * len(part.scores)
-        for sentence, tokens, score, attention in zip(
-            part.sentence_ids.tolist(), part.tokens.tolist(), part.scores.tolist(), attentions
-        ):
+    fields = ("sentence_ids", "tokens", "scores", "attention")
+    fetched = _fetch(src_lens, *(getattr(part, field) for part in finished for field in fields))
+    source_lengths, parts = fetched[0].tolist(), fetched[1:]
+    per_sentence: list[list[Hypothesis]] = [[] for _ in source_lengths]
+    for start in range(0, len(parts), len(fields)):
+        part_sentences, part_tokens, part_scores, part_attention = parts[start : start + len(fields)]
+        attentions = part_attention if part_attention is not None else [None] * len(part_scores)
+        for sentence, tokens, score, attention in zip(part_sentences.tolist(), part_tokens.tolist(),
+                                                      part_scores.tolist(), attentions):
             if attention is not None:
-                attention = attention[:, : src_lens[sentence]].clone()
+                attention = attention[:, : source_lengths[sentence]].clone()
             per_sentence[sentence].append(Hypothesis(tokens, score, attention))
     return [sorted(hyps, key=lambda h: h.score, reverse=True)[:nbest] for hyps in per_sentence]
 

@@ -9,7 +9,9 @@ a final LayerNorm after the stack) or after the sum (post-norm), per model.norm.
 
 Attention runs through ``F.scaled_dot_product_attention`` with boolean masks, True = may
 attend. SDPA does not return its weights, so the one decoder layer whose cross-attention is
-plotted (``model.attention_layer``) computes them explicitly, and only when asked.
+plotted (``model.attention_layer``) computes them explicitly, and only when asked: by
+``forward(return_attention=True)``, or in ``step`` while ``model.step_attention`` is on (the
+searches turn it off unless they return attention).
 
 With model.attention ``local`` self-attention is a sliding window (|i - j| <= window, and
 causal in the decoder); cross-attention always sees the whole source.
@@ -241,13 +243,16 @@ class KVCache:
         """Views [B, heads, length, d/heads] of the filled part."""
         return self.keys[:, :, : self.length], self.values[:, :, : self.length]
 
-    def reorder_rows(self, indices: Tensor) -> KVCache:
+    def reorder_rows(self, indices: Tensor, moved: Tensor | None = None) -> KVCache:
+        """The cache of rows ``indices``; ``moved`` is ``moved_rows(indices)`` if the caller has
+        it already (every layer's cache moves the same rows)."""
         rows = indices.numel()
         if rows <= self.keys.size(0):
             # Beam search keeps most beams in their own row (search.keep_parents_in_place), so
             # only the rows that changed are copied, within the same buffers. That reads and
             # writes them twice (through a temporary), so it pays up to half the rows.
-            moved = (indices != torch.arange(rows, device=indices.device)).nonzero().squeeze(1)
+            if moved is None:
+                moved = moved_rows(indices)
             if 2 * moved.numel() <= rows:
                 for buffer in (self.keys, self.values):
                     filled = buffer[:, :, : self.length]
@@ -261,6 +266,12 @@ class KVCache:
             torch.index_select(buffer[:, :, : self.length], 0, indices, out=new[:, :, : self.length])
             copies.append(new)
         return KVCache(*copies, self.length)
+
+
+def moved_rows(indices: Tensor) -> Tensor:
+    """The rows i where ``indices[i] != i``: those a reorder by ``indices`` changes. (Their
+    number decides how a cache is reordered: on a GPU, a wait for the device.)"""
+    return (indices != torch.arange(indices.numel(), device=indices.device)).nonzero().squeeze(1)
 
 
 class CrossAttention(nn.Module):
@@ -512,7 +523,9 @@ class Transformer(nn.Module):
 
     ``attention_layer`` (default -1, the last) and ``attention_head`` (default None, the mean
     over heads) choose which cross-attention ``forward(return_attention=True)`` and ``step``
-    return.
+    return. ``step_attention`` (default on) says whether ``step`` computes it at all: SDPA
+    cannot return its weights, so that layer then runs a slower explicit attention at every
+    step. Off, ``step`` returns None for the weights.
     """
 
     def __init__(self, cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int):
@@ -524,6 +537,7 @@ class Transformer(nn.Module):
         self.max_positions = cfg.max_positions if cfg.positions == "learned" else None
         self.attention_layer = -1
         self.attention_head: int | None = None
+        self.step_attention = True
         src_tokens = nn.Embedding(src_vocab_size, cfg.hidden_dim)
         tgt_tokens = src_tokens if cfg.share_vocab else nn.Embedding(tgt_vocab_size, cfg.hidden_dim)
         self.encoder = TransformerEncoder(cfg, src_tokens)
@@ -549,12 +563,17 @@ class Transformer(nn.Module):
                                        project=not features_only)
         return (logits, self._select_head(weights)) if return_attention else logits
 
-    def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:
-        logits, state, weights = self.decoder.step(prev_tokens, state, self._weights_layer())
-        return logits, state, self._select_head(weights).squeeze(1)
+    def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor | None]:
+        weights_layer = self._weights_layer() if self.step_attention else None
+        logits, state, weights = self.decoder.step(prev_tokens, state, weights_layer)
+        return logits, state, None if weights is None else self._select_head(weights).squeeze(1)
 
     def reorder(self, state: dict, indices: Tensor) -> dict:
-        return reorder_state(state, indices)
+        # The rows that move are the same in every layer's cache: found once here, not per layer.
+        caches = state["caches"]
+        moved = moved_rows(indices) if caches and indices.numel() <= caches[0].keys.size(0) else None
+        others = reorder_state({key: value for key, value in state.items() if key != "caches"}, indices)
+        return {**others, "caches": [cache.reorder_rows(indices, moved) for cache in caches]}
 
     def _weights_layer(self) -> int:
         return self.attention_layer % len(self.decoder.layers)

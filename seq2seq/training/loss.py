@@ -50,10 +50,21 @@ def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, smoothing: fl
 
 # ------------------------------------------------------------------ the training loss
 
-# Rows of logits computed at a time: 2**22 floats (16 MB) stay in the CPU's caches and in the
-# allocator's reused memory, where a whole [tokens x vocabulary] tensor (130 MB for 4k tokens
-# and 8k pieces) costs more in page faults and memory traffic than in arithmetic.
+# Rows of logits computed at a time on the CPU: 2**22 floats (16 MB) stay in the CPU's caches
+# and in the allocator's reused memory, where a whole [tokens x vocabulary] tensor (130 MB for
+# 4k tokens and 8k pieces) costs more in page faults and memory traffic than in arithmetic.
 CHUNK_ELEMENTS = 2**22
+
+
+def chunk_rows(device: torch.device, rows: int, vocab: int) -> int:
+    """How many rows of logits ``projected_smoothed_nll`` computes at a time.
+
+    On a GPU all of them: a GPU has no cache to fit, its memory holds a whole batch's logits
+    easily (8k tokens x 32k pieces in fp32: 1 GB), and every chunk would cost its own launches
+    of half a dozen kernels and smaller, slower products."""
+    if device.type == "cuda":
+        return max(1, rows)
+    return max(1, CHUNK_ELEMENTS // vocab)
 
 
 def projected_smoothed_nll(features: torch.Tensor, output: torch.nn.Linear, target: torch.Tensor,
@@ -79,21 +90,37 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, bias, target, smoothing, want_grad):
         vocab = weight.size(0)
-        rows = max(1, CHUNK_ELEMENTS // vocab)
+        on_gpu = features.device.type == "cuda"
+        rows = chunk_rows(features.device, features.size(0), vocab)
         loss = torch.zeros((), device=features.device)
         nll = torch.zeros((), device=features.device)
         correct = torch.zeros((), device=features.device, dtype=torch.long)
-        grad_features = torch.empty_like(features) if want_grad else None
+        # In float32 whatever the features' type: backward multiplies it by the loss's gradient,
+        # which under fp16 is the GradScaler's scale, 2**16 at first: already past fp16's largest
+        # number (65504), so in fp16 the first scaled gradient would be all inf and NaN. (Autograd
+        # casts the result to the features' type after the scaling.)
+        grad_features = torch.empty_like(features, dtype=torch.float32) if want_grad else None
         grad_bias = torch.zeros_like(bias) if want_grad and bias is not None else None
         off_target = smoothing / vocab
         weight_sum = weight.sum(dim=0).to(features.dtype) if want_grad else None
-        # Both big products keep the vocabulary as the contiguous dimension: the features'
-        # gradient reads W^T [D,V] (a contiguous copy, made once: through the transposed view
-        # oneDNN ran at 310 instead of 395 GFLOP/s), and the weight's gradient accumulates as
-        # [D,V], transposed once at the end instead of added through a strided view per chunk.
-        # Together the loss of a 4,250-token batch went from 197 to 171 ms.
-        weight_t = weight.t().to(features.dtype).contiguous() if want_grad else None
         grad_weight_t = weight.new_zeros(weight.size(1), vocab) if want_grad else None
+        products_dtype = features.dtype  # what the chunk's gradient is cast to for the products
+        if on_gpu and torch.is_autocast_enabled("cuda"):
+            # Cast once, and use that one copy in all three products: otherwise autocast casts
+            # the weight for the logits, and the float32 W^T below once more in every chunk.
+            products_dtype = torch.get_autocast_dtype("cuda")
+            weight = weight.to(products_dtype)
+        if not want_grad:
+            weight_t = None
+        elif on_gpu:
+            weight_t = weight.t()  # cuBLAS reads a transposed operand at full speed: no copy
+        else:
+            # Both big products keep the vocabulary as the contiguous dimension: the features'
+            # gradient reads W^T [D,V] (a contiguous copy, made once: through the transposed view
+            # oneDNN ran at 310 instead of 395 GFLOP/s), and the weight's gradient accumulates as
+            # [D,V], transposed once at the end instead of added through a strided view per chunk.
+            # Together the loss of a 4,250-token batch went from 197 to 171 ms.
+            weight_t = weight.t().to(features.dtype).contiguous()
         for start in range(0, features.size(0), rows):
             h, t = features[start:start + rows], target[start:start + rows]
             logits = linear(h, weight, bias)
@@ -118,7 +145,7 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
             # (rows of h, or afterwards), so the big chunk is touched once more, by the scatter.
             exp.scatter_add_(1, t.unsqueeze(1), ((smoothing - 1.0) * total).unsqueeze(1))
             inv_total = total.reciprocal().unsqueeze(1)
-            exp = exp.to(h.dtype)
+            exp = exp.to(products_dtype)
             grad_features[start:start + rows] = matmul_nt(exp, weight_t) * inv_total - off_target * weight_sum
             scaled_h = (h * inv_total).to(h.dtype)
             # (under bf16/fp16 autocast, the fp32 weight gradient still accumulates in fp32)
