@@ -204,7 +204,7 @@ def attn_train_args(arch: str, workdir: Path, name: str, *more: str) -> list[str
 
 
 def metrics(out: Path) -> list[dict[str, Any]]:
-    from seq2seq.training.trainer import METRICS_FILE, read_metrics
+    from seq2seq.run_folder import METRICS_FILE, read_metrics
 
     return read_metrics(out / METRICS_FILE)
 
@@ -282,7 +282,8 @@ def cuda_trainer(cfg):
     from seq2seq import kernels
     from seq2seq.data.prepare import prepare_data
     from seq2seq.training.distributed import DistInfo
-    from seq2seq.training.trainer import Trainer, seed_everything
+    from seq2seq.training.setup import seed_everything
+    from seq2seq.training.trainer import Trainer
 
     kernels.configure(cfg.train.cpu_kernels)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -413,7 +414,7 @@ def check_translation(workdir: Path) -> list[Row]:
 def check_host_syncs(workdir: Path) -> list[Row]:
     import torch
 
-    from seq2seq.training.trainer import update_batches
+    from seq2seq.training.data_order import update_batches
 
     rows = []
     for arch, precision in (("T", "bf16"), ("T", "fp16"), ("R", "bf16")):
@@ -504,7 +505,7 @@ def check_speed(compiled: bool) -> Callable[[Path], list[Row]]:
         import numpy as np
         import torch
 
-        from seq2seq.training.trainer import update_batches
+        from seq2seq.training.data_order import update_batches
 
         cfg = load_run_config("T", workdir, "speed", *BASE, f"train.compile={str(compiled).lower()}")
         trainer = cuda_trainer(cfg)

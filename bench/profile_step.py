@@ -22,7 +22,9 @@ from seq2seq import kernels
 from seq2seq.config import load_config
 from seq2seq.data.prepare import prepare_data
 from seq2seq.training.distributed import DistInfo
-from seq2seq.training.trainer import Trainer, seed_everything, update_batches
+from seq2seq.training.data_order import update_batches
+from seq2seq.training.setup import seed_everything
+from seq2seq.training.trainer import Trainer
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ class Point:
     def finished(self) -> bool:
         """Evaluated, and trained with the config it has now: a point whose overrides or base
         config changed since runs again (resuming where its checkpoints allow)."""
-        from seq2seq.training.trainer import CONFIG_FILE
+        from seq2seq.run_folder import CONFIG_FILE
 
         saved = self.output_dir / CONFIG_FILE
         return ((self.output_dir / REPORT).is_file() and saved.is_file()
@@ -196,7 +196,7 @@ def can_resume(point: Point) -> bool:
     """Whether the point's checkpoints can go on under its current config: they exist, and the
     model and data they were trained with are the point's (otherwise it trains from scratch)."""
     from seq2seq.training import checkpoint as ckpt
-    from seq2seq.training.trainer import CONFIG_FILE
+    from seq2seq.run_folder import CONFIG_FILE
 
     saved = point.output_dir / CONFIG_FILE
     if not ckpt.step_checkpoints(point.output_dir) or not saved.is_file():
@@ -209,7 +209,7 @@ def can_resume(point: Point) -> bool:
 
 
 def leaderboard_rows(sweep: Sweep) -> list[dict[str, Any]]:
-    from seq2seq.training.trainer import METRICS_FILE, read_metrics
+    from seq2seq.run_folder import METRICS_FILE, read_metrics
 
     rows, bleus = [], []
     for point in sweep.points:

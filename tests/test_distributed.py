@@ -26,7 +26,10 @@ from seq2seq.config import dump_config, load_config
 from seq2seq.data.batching import TokenBatchSampler
 from seq2seq.data.prepare import load_prepared
 from seq2seq.training import checkpoint as ckpt
-from seq2seq.training.trainer import RunState, Trainer, read_metrics, train, update_batches
+from seq2seq.run_folder import read_metrics
+from seq2seq.training.data_order import update_batches
+from seq2seq.training.run_state import RunState
+from seq2seq.training.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +250,7 @@ def test_each_rank_trains_on_the_gpu_it_sees():
     """torchrun's LOCAL_RANK indexes the node's GPUs, unless a scheduler gave each process its
     own single GPU (CUDA_VISIBLE_DEVICES per rank): then that one is cuda:0."""
     from seq2seq.errors import UserError
-    from seq2seq.training.trainer import local_cuda_index
+    from seq2seq.training.setup import local_cuda_index
 
     assert [local_cuda_index(rank, 4) for rank in range(4)] == [0, 1, 2, 3]
     assert [local_cuda_index(rank, 1) for rank in range(3)] == [0, 0, 0]

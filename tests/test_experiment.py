@@ -9,7 +9,8 @@ import pytest
 
 from seq2seq.config import dump_config
 from seq2seq.experiment import REPORT, load_sweep, run_sweep
-from seq2seq.training.trainer import CONFIG_FILE, TrainSummary
+from seq2seq.run_folder import CONFIG_FILE
+from seq2seq.training.run_state import TrainSummary
 
 
 def write_sweep(tmp_path: Path, tiny_corpus, max_steps: int) -> Path:

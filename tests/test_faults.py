@@ -22,7 +22,8 @@ import torch
 
 from seq2seq.errors import UserError
 from seq2seq.training import checkpoint as ckpt
-from seq2seq.training.trainer import read_metrics, train
+from seq2seq.run_folder import read_metrics
+from seq2seq.training.trainer import train
 from tests.helpers_cli import SAMPLE, tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,9 @@ import torch
 
 from seq2seq.errors import UserError
 from seq2seq.training import checkpoint as ckpt
-from seq2seq.training.trainer import read_metrics, train, trim_metrics
+from seq2seq.run_folder import read_metrics
+from seq2seq.training.records import trim_metrics
+from seq2seq.training.trainer import train
 from tests.helpers_cli import flip_a_weight_byte
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -21,8 +21,11 @@ from seq2seq.training import loss as loss_module
 from seq2seq.training.loss import label_smoothed_nll, projected_smoothed_nll
 from seq2seq.training.schedule import Plateau, lr_at
 from seq2seq.training.budget import TimeBudget
-from seq2seq.training.trainer import (Trainer, TrainingStopped, accumulation_steps, read_metrics, seed_everything, train,
-                                      uneven_update_warning)
+from seq2seq.errors import TrainingStopped
+from seq2seq.run_folder import read_metrics
+from seq2seq.training.data_order import accumulation_steps, uneven_update_warning
+from seq2seq.training.setup import seed_everything
+from seq2seq.training.trainer import Trainer, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
