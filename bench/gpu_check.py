@@ -235,7 +235,7 @@ def interrupt_mid_run(command: list[str], out: Path, at_step: int, timeout: floa
     """Run ``command`` (a training into ``out``), SIGTERM it once it has logged update
     ``at_step``, and wait for it to save and stop. Returns the step of its last checkpoint and
     its exit code."""
-    from seq2seq.training import checkpoint as ckpt
+    from seq2seq import run_folder
 
     process = subprocess.Popen(command, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
     deadline = time.monotonic() + timeout
@@ -250,7 +250,7 @@ def interrupt_mid_run(command: list[str], out: Path, at_step: int, timeout: floa
         code = process.wait(timeout=90)
     finally:
         stop(process)
-    checkpoints = ckpt.step_checkpoints(out)
+    checkpoints = run_folder.step_checkpoints(out)
     if not checkpoints:
         raise CheckFailed(f"SIGTERM at update {at_step}: exit {code} and no checkpoint")
     return int(checkpoints[-1].stem.split("_")[-1]), code
@@ -298,7 +298,7 @@ def cuda_trainer(cfg):
 
 def check_training(arch: str, precision: str) -> Callable[[Path], list[Row]]:
     def run(workdir: Path) -> list[Row]:
-        from seq2seq.training.trainer import train
+        from seq2seq.training.run import train
 
         cfg = load_run_config(arch, workdir, f"train_{arch}_{precision}", f"train.precision={precision}",
                               f"train.max_steps={TRAIN_STEPS}", "train.log_every=10", f"train.valid_every={TRAIN_STEPS}")
@@ -311,7 +311,8 @@ def check_training(arch: str, precision: str) -> Callable[[Path], list[Row]]:
 def check_resume(workdir: Path) -> list[Row]:
     import torch
 
-    from seq2seq.training import checkpoint as ckpt
+    from seq2seq import checkpoint as ckpt
+    from seq2seq import run_folder
 
     settings = ("train.precision=bf16", "train.deterministic=true", f"train.max_steps={TRAIN_STEPS}",
                 "train.log_every=1", "train.valid_every=1000")
@@ -325,7 +326,7 @@ def check_resume(workdir: Path) -> list[Row]:
         raise CheckFailed("the run finished before the SIGTERM landed; nothing was resumed")
     run_to_the_end([*python, *attn_train_args("T", workdir, cut.name, *settings), "--resume"], timeout=120)
     same, text = compare_losses(metrics(full), metrics(cut))
-    weights = [ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, TRAIN_STEPS))["model"] for out in (full, cut)]
+    weights = [ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, TRAIN_STEPS))["model"] for out in (full, cut)]
     same_weights = all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
     text += ", final weights " + ("bit-identical" if same_weights else "DIFFER")
     return [Row("resume exact (T bf16, deterministic)", "ok" if same and same_weights else "FAIL",
@@ -370,7 +371,8 @@ def check_translation(workdir: Path) -> list[Row]:
     import torch
 
     from seq2seq.decoding.loading import load_model, use_cpu_kernels
-    from seq2seq.decoding.translator import TranslateSettings, make_translator
+    from seq2seq.decoding.settings import TranslateSettings
+    from seq2seq.decoding.translator import make_translator
 
     torch.set_num_threads(min(16, os.cpu_count() or 1))
     lines = (SAMPLE / "test.es").read_text(encoding="utf-8").splitlines()

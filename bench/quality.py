@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
@@ -47,9 +46,10 @@ def main() -> None:
         subprocess.run(command, cwd=ROOT, check=True)
 
     torch.set_num_threads(args.threads)
-    from seq2seq.training import checkpoint as ckpt
+    from seq2seq import checkpoint as ckpt
+    from seq2seq import run_folder
 
-    steps = ckpt.load_checkpoint(ckpt.resolve_checkpoint(run_dir))["run_state"]["step"]
+    steps = ckpt.load_checkpoint(run_folder.resolve_checkpoint(run_dir))["run_state"]["step"]
     results = {"minutes": args.minutes, "precision": args.precision, "steps": steps}
     for beam in (1, 5):
         results[f"beam{beam}"] = decode_speed(run_dir, beam, CORPUS / "test.es",

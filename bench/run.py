@@ -104,7 +104,8 @@ def benchmark_translator(checkpoint: Path, beam: int, sentences_per_batch: int |
     ``engine``: --engine."""
     from seq2seq.config import DecodeConfig
     from seq2seq.decoding.loading import load_model
-    from seq2seq.decoding.translator import TranslateSettings, make_translator
+    from seq2seq.decoding.settings import TranslateSettings
+    from seq2seq.decoding.translator import make_translator
 
     loaded = load_model(checkpoint)
     settings = TranslateSettings.from_config(loaded.config.decode, workers=workers, engine=engine)

@@ -115,7 +115,7 @@ def main() -> None:
         "final_loss": float(figures["loss"]) / max(float(figures["tokens"]), 1),
     }
     if args.save:
-        from seq2seq.training import checkpoint as ckpt
+        from seq2seq import checkpoint as ckpt
 
         ckpt.save_atomic(trainer.checkpoint_payload([ckpt.rng_state()]), args.save)
     print(json.dumps(result))

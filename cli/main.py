@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from seq2seq.errors import MainRankFailed, TrainingStopped, UserError
-from seq2seq.files import make_folders, not_a_file, remove_empty_folders, removed_if_failed, temp_path
+from seq2seq.files import AtomicOutput, make_output_folder, not_a_file, remove_empty_folders, removed_if_failed
 
 if TYPE_CHECKING:
     from seq2seq.config import ModelConfig
@@ -236,7 +236,7 @@ def train(
 ) -> None:
     """Train a model (tokenizes first when the prepared data is missing or stale)."""
     from seq2seq import kernels
-    from seq2seq.training.trainer import train as run_training
+    from seq2seq.training.run import train as run_training
 
     cfg = load(config, set_)
     kernels.configure(cfg.train.cpu_kernels)
@@ -263,7 +263,7 @@ def open_model(checkpoints: list[Path], tokenizer: Path | None, device: str, whi
     """One checkpoint, or an ensemble of several trained with the same tokenizer."""
     from seq2seq.data.tokenizer import Tokenizer
     from seq2seq.decoding.loading import check_same_vocabulary, load_model
-    from seq2seq.decoding.search import Ensemble
+    from seq2seq.decoding.ensemble import Ensemble
 
     loaded = [load_model(path, device, which, warn=lambda m: eprint(f"warning: {m}")) for path in checkpoints]
     for other in loaded[1:]:
@@ -348,9 +348,10 @@ def translate(
     import os
 
     from seq2seq.decoding.loading import use_cpu_kernels
-    from seq2seq.decoding.search import has_attention
-    from seq2seq.decoding.streaming import line_batches
-    from seq2seq.decoding.translator import TranslateSettings, TranslationResult, make_translator
+    from seq2seq.decoding.ensemble import has_attention
+    from seq2seq.decoding.output import AttentionPlots, write_translations
+    from seq2seq.decoding.settings import TranslateSettings
+    from seq2seq.decoding.translator import make_translator
 
     if not sample:
         refuse_options({"--temperature": temperature != 1.0, "--top-k": top_k != 0, "--top-p": top_p != 1.0,
@@ -376,14 +377,14 @@ def translate(
     for m in getattr(model, "members", [model]):
         if (attention_plots or alignments) and m.config.arch == "transformer":
             check_attention_choice(attention_layer, attention_head, m.config)
-        m.attention_layer, m.attention_head = attention_layer, attention_head
     decode = loaded.config.decode
     overrides = {"beam_size": beam, "length_penalty": length_penalty, "max_len_a": max_len_a,
                  "max_len_b": max_len_b, "batch_size": batch_size, "precision": precision and precision.value}
     settings = TranslateSettings.from_config(dataclasses.replace(
         decode, **{k: v for k, v in overrides.items() if v is not None}),
         nbest=nbest, sampling=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        return_attention=bool(attention_plots or alignments), workers=workers, engine=engine.value)
+        return_attention=bool(attention_plots or alignments), attention_layer=attention_layer,
+        attention_head=attention_head, workers=workers, engine=engine.value)
     if settings.max_len_a == 0 and settings.max_len_b == 0:  # config._check_combinations refuses it in a config
         raise UserError("--max-len-b 0: with --max-len-a 0 as well (given, or the checkpoint's decode.max_len_a), "
                         "every translation would be empty; set --max-len-b to at least 1")
@@ -391,29 +392,13 @@ def translate(
         raise UserError(f"--input {input}: {not_a_file(input)}")
     # Last of the set-up: --engine ctranslate2 converts the model here (about a second).
     translator = make_translator(model, loaded.tokenizer, settings, warn=lambda m: eprint(f"warning: {m}"), device=device)
-    plot_folders = make_output_dir(attention_plots, "--attention-plots") if attention_plots is not None else []
+    plot_folders = make_output_folder(attention_plots, "--attention-plots") if attention_plots is not None else []
     source_fd = os.open(input, os.O_RDONLY) if input else sys.stdin.fileno()
     sink = AtomicOutput(output) if output else None
-    out = sink.file if sink else sys.stdout
-    line_no = plots = 0
+    plots = AttentionPlots(attention_plots, max_plots, loaded.tokenizer) if attention_plots is not None else None
     try:
-        # Batches of several decoding batches, so length-sorting still pays on files.
-        for lines in line_batches(source_fd, settings.batch_size * 8, name=str(input or "stdin")):
-            for results in translator.translate(lines, first_line=line_no + 1):
-                line_no += 1
-                # Exactly nbest lines per input, so scripts can rely on the layout; an empty
-                # line (or a search that found fewer) gives empty translations.
-                padding = [TranslationResult("", [], float("-inf"), [])] * (nbest - len(results))
-                for result in results + padding:
-                    fields = [str(line_no)] if nbest > 1 else []
-                    fields += [f"{result.score:.4f}"] if scores else []
-                    fields.append(result.text)
-                    fields += [result.alignment()] if alignments else []
-                    out.write("\t".join(fields) + "\n")
-                if attention_plots is not None and plots < max_plots and results[0].tokens:
-                    plot_attention(attention_plots / f"{line_no:05d}.png", results[0], loaded.tokenizer)
-                    plots += 1
-            out.flush()
+        line_no = write_translations(translator, source_fd, str(input or "stdin"), sink.file if sink else sys.stdout,
+                                     nbest=nbest, scores=scores, alignments=alignments, plots=plots)
     except BaseException:
         if sink:
             sink.discard()
@@ -427,52 +412,6 @@ def translate(
         sink.commit()
     if output:
         eprint(f"translated {line_no} lines -> {output}")
-
-
-def plot_attention(path: Path, result, tokenizer) -> None:
-    from seq2seq.plots import attention_heatmap
-
-    src = tokenizer.src_pieces(result.src_ids[:-1]) + ["</s>"]
-    tgt = tokenizer.tgt_pieces(result.tokens)
-    attention_heatmap(path, src, tgt, result.attention[: len(tgt)])
-
-
-def make_output_dir(path: Path, option: str) -> list[Path]:
-    """Create ``path``; return the folders created, for ``remove_empty_folders`` if the command fails."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{option} {path}: exists and is a file; choose a directory")
-    try:
-        return make_folders(path)
-    except OSError as exc:
-        raise UserError(f"{option} {path}: cannot create it ({exc.strerror}); choose a writable directory") from None
-
-
-class AtomicOutput:
-    """Write to a temp file beside the target; replace the target only when all went well."""
-
-    def __init__(self, path: Path) -> None:
-        if path.is_dir():
-            raise UserError(f"--output {path}: is a directory; give a file path")
-        self.path = path
-        self.tmp = temp_path(path)
-        self.created: list[Path] = []
-        try:
-            self.created = make_folders(path.parent)
-            self.file = open(self.tmp, "w", encoding="utf-8")
-        except OSError as exc:
-            remove_empty_folders(self.created)
-            raise UserError(f"--output {path}: cannot write there ({exc.strerror}); choose a writable path") from None
-
-    def commit(self) -> None:
-        import os
-
-        self.file.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
-        remove_empty_folders(self.created)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -496,11 +435,9 @@ def evaluate(
     cpu_kernels: CpuKernelsOpt = None,
 ) -> None:
     """Score translations with sacrebleu (BLEU, chrF, TER + signatures) and write a report."""
-    from seq2seq.evaluation.evaluate import read_text_file, results_row, translate_and_score
-    from seq2seq.evaluation.metrics import paired_bootstrap, score_corpus
-    from seq2seq.evaluation.report import REPORT_DIR, RESULTS_CSV, append_results_csv, write_report
+    from seq2seq.evaluation.evaluate import score_hypotheses, translate_and_score
 
-    created = make_output_dir(report_dir, "--report-dir") if report_dir is not None else []
+    created = make_output_folder(report_dir, "--report-dir") if report_dir is not None else []
     with removed_if_failed(created):
         if checkpoint is not None:
             if src is None or hyp is not None:
@@ -517,20 +454,7 @@ def evaluate(
                             "--workers": workers != 1, "--device": device != "cpu", "--engine": engine != Engine.torch,
                             "--cpu-kernels": cpu_kernels is not None, "--which": which != Which.best},
                            "applies to --checkpoint (translating first); --hyp is scored as it is")
-            references = [read_text_file(path, "--ref") for path in ref]
-            hypotheses = read_text_file(hyp, "--hyp")
-            metrics = score_corpus(hypotheses, references, hyps_file=str(hyp), refs_files=[str(p) for p in ref])
-            meta = {"hypotheses": str(hyp), "references": [str(p) for p in ref], "sentences": len(hypotheses)}
-            if compare is not None:
-                other = read_text_file(compare, "--compare")
-                meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": str(hyp),
-                                            **paired_bootstrap(other, hypotheses, references, names=(str(compare), str(hyp)),
-                                                               refs_files=[str(p) for p in ref])}
-            report_dir = report_dir or hyp.parent / REPORT_DIR
-            make_output_dir(report_dir, "--report-dir")
-            write_report(report_dir, metrics, meta)
-            append_results_csv(report_dir.parent / RESULTS_CSV, results_row(metrics, meta))
-            report = {**metrics, **meta}
+            report, report_dir = score_hypotheses(hyp, ref, compare, report_dir)
         else:
             raise UserError("nothing to score: pass --hyp FILE, or --checkpoint PATH with --src FILE")
     for name in ("bleu", "chrf", "ter"):
@@ -573,19 +497,20 @@ def average(
     last: Annotated[int, typer.Option(min=1, help="Average the last N step checkpoints.")] = 2,
 ) -> None:
     """Average the weights of a run's last N checkpoints into one (often +0.5 BLEU for free)."""
-    from seq2seq.decoding.search import average_checkpoints
-    from seq2seq.training import checkpoint as ckpt
+    from seq2seq.checkpoint import average_checkpoints
+    from seq2seq import checkpoint as ckpt
+    from seq2seq import run_folder
 
     if output.is_dir():
         raise UserError(f"--output {output}: is a directory; give a file path for the averaged checkpoint")
-    folder = ckpt.checkpoint_dir(run_dir)
+    folder = run_folder.checkpoint_dir(run_dir)
     if folder.is_dir() and output.parent.exists() and output.parent.samefile(folder):
         raise UserError(f"--output {output}: is in the run's checkpoint folder, where it would replace or pass "
                         f"for a training checkpoint; write it elsewhere, e.g. {run_dir / 'averaged.pt'}")
-    paths = ckpt.step_checkpoints(run_dir)[-last:]
+    paths = run_folder.step_checkpoints(run_dir)[-last:]
     if not paths:
         raise UserError(f"{run_dir}: no step checkpoints to average; train first")
-    with removed_if_failed(make_output_dir(output.parent, "--output")):
+    with removed_if_failed(make_output_folder(output.parent, "--output")):
         payloads = [ckpt.load_checkpoint(p) for p in paths]
         averaged = dict(payloads[-1])
         averaged["model"] = average_checkpoints([p["model"] for p in payloads])

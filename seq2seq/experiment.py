@@ -33,15 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from seq2seq import checkpoint as ckpt
+from seq2seq import run_folder
 from seq2seq.config import Config, dump_config, load_config, read_yaml
 from seq2seq.errors import UserError
-from seq2seq.evaluation.report import REPORT_DIR
 
 if TYPE_CHECKING:
     import torch
 
 SWEEP_KEYS = ("base", "output_dir", "set", "grid", "points")
-REPORT = f"{REPORT_DIR}/report.json"  # what attn evaluate writes in a point's run folder
+REPORT = f"{run_folder.REPORT_DIR}/report.json"  # what attn evaluate writes in a point's run folder
 
 
 @dataclass
@@ -148,7 +149,7 @@ def data_hash(cfg: Config) -> str:
 def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
     """Run every unfinished point, then write the leaderboard; returns its markdown path."""
     from seq2seq.evaluation.evaluate import translate_and_score
-    from seq2seq.training.trainer import train
+    from seq2seq.training.run import train
 
     for point in sweep.points:  # before any training, not after the first point's
         if point.config.data.test is None:
@@ -195,11 +196,10 @@ def training_device(cfg: Config) -> torch.device:
 def can_resume(point: Point) -> bool:
     """Whether the point's checkpoints can go on under its current config: they exist, and the
     model and data they were trained with are the point's (otherwise it trains from scratch)."""
-    from seq2seq.training import checkpoint as ckpt
     from seq2seq.run_folder import CONFIG_FILE
 
     saved = point.output_dir / CONFIG_FILE
-    if not ckpt.step_checkpoints(point.output_dir) or not saved.is_file():
+    if not run_folder.step_checkpoints(point.output_dir) or not saved.is_file():
         return False
     try:
         before = load_config(saved)
@@ -238,9 +238,7 @@ def leaderboard_rows(sweep: Sweep) -> list[dict[str, Any]]:
 def train_seconds(point: Point) -> float | str:
     """Wall-clock seconds of the point's training over all its sessions (validation included),
     as its last checkpoint counts them."""
-    from seq2seq.training import checkpoint as ckpt
-
-    steps = ckpt.step_checkpoints(point.output_dir)
+    steps = run_folder.step_checkpoints(point.output_dir)
     return round(ckpt.load_checkpoint(steps[-1])["run_state"]["wall_seconds"], 1) if steps else ""
 
 

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from seq2seq.errors import UserError
+
 
 def temp_path(path: Path) -> Path:
     """Where ``path`` is written before it is renamed into place: beside it (a rename is atomic
@@ -83,3 +85,39 @@ def removed_if_failed(folders: list[Path]) -> Iterator[None]:
     except BaseException:
         remove_empty_folders(folders)
         raise
+
+
+def make_output_folder(path: Path, option: str) -> list[Path]:
+    """Create ``path``; return the folders created, for ``remove_empty_folders`` if the command fails."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: exists and is a file; choose a directory")
+    try:
+        return make_folders(path)
+    except OSError as exc:
+        raise UserError(f"{option} {path}: cannot create it ({exc.strerror}); choose a writable directory") from None
+
+
+class AtomicOutput:
+    """Write to a temp file beside the target; replace the target only when all went well."""
+
+    def __init__(self, path: Path) -> None:
+        if path.is_dir():
+            raise UserError(f"--output {path}: is a directory; give a file path")
+        self.path = path
+        self.tmp = temp_path(path)
+        self.created: list[Path] = []
+        try:
+            self.created = make_folders(path.parent)
+            self.file = open(self.tmp, "w", encoding="utf-8")
+        except OSError as exc:
+            remove_empty_folders(self.created)
+            raise UserError(f"--output {path}: cannot write there ({exc.strerror}); choose a writable path") from None
+
+    def commit(self) -> None:
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+        remove_empty_folders(self.created)

@@ -151,7 +151,7 @@ def _serve() -> None:
 
     # What the commands import lazily; imported here once, never used (forking after torch
     # has started its thread pools would be unsafe, importing is not).
-    for name in ("torch", "seq2seq.training.trainer", "seq2seq.decoding.loading", "seq2seq.decoding.search",
+    for name in ("torch", "seq2seq.training.run", "seq2seq.decoding.loading", "seq2seq.decoding.search",
                  "seq2seq.decoding.translator", "seq2seq.decoding.streaming", "seq2seq.evaluation.metrics",
                  "seq2seq.evaluation.report", "seq2seq.evaluation.evaluate", "seq2seq.data.prepare",
                  "seq2seq.plots", "seq2seq.experiment", "matplotlib.pyplot", "sacrebleu",

@@ -11,13 +11,8 @@ from seq2seq.models.attention import (
     masked_softmax,
     window_mask,
 )
-from seq2seq.models.transformer import (
-    attention_with_weights,
-    band_mask,
-    causal_mask,
-    encoder_self_mask,
-    sinusoidal_positions,
-)
+from seq2seq.models.multihead import attention_with_weights, band_mask, causal_mask, encoder_self_mask
+from seq2seq.models.transformer import sinusoidal_positions
 
 DIM = 8
 # Two sentences: 6 real tokens, and 3 real tokens + 3 padding.

@@ -363,13 +363,15 @@ def test_resume_with_another_tokenizer_does_not_rebuild_the_data(tmp_path: Path,
 def test_resume_skips_a_checkpoint_without_optimizer_state(tmp_path: Path, run_dir: Path) -> None:
     import torch
 
-    from seq2seq.training import checkpoint as ckpt
+    from seq2seq import checkpoint as ckpt
+
+    from seq2seq import run_folder
 
     config, here = own_run(run_dir, tmp_path / "run")
-    newest = ckpt.step_checkpoints(tmp_path / "run")[-1]
+    newest = run_folder.step_checkpoints(tmp_path / "run")[-1]
     averaged = ckpt.load_checkpoint(newest)
     averaged.pop("optimizer")
-    torch.save(averaged, ckpt.step_checkpoint_path(tmp_path / "run", 9999))
+    torch.save(averaged, run_folder.step_checkpoint_path(tmp_path / "run", 9999))
     result = run_attn("train", config, "--resume", *here, "--set", "train.max_steps=3", "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "skipping" in result.stderr and "no optimizer state" in result.stderr

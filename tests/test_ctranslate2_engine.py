@@ -13,7 +13,8 @@ import torch
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import BOS_ID, EOS_ID, PAD_ID
 from seq2seq.decoding.ctranslate2_engine import CTranslate2Search, engine_for
-from seq2seq.decoding.translator import TranslateSettings, Translator, make_translator
+from seq2seq.decoding.settings import TranslateSettings
+from seq2seq.decoding.translator import Translator, make_translator
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model
 from tests.helpers_cli import assert_user_error, run_attn, tiny_run
@@ -197,7 +198,7 @@ def test_a_missing_package_says_how_to_install_it(monkeypatch):
 
 @pytest.mark.slow
 def test_the_cli_refuses_an_rnn_and_translates_a_transformer(tmp_path, tiny_corpus):
-    from seq2seq.training.trainer import train
+    from seq2seq.training.run import train
 
     rnn = tiny_run(tmp_path.parent / "shared")
     source = tmp_path / "in.es"

@@ -25,11 +25,13 @@ import torch.multiprocessing as mp
 from seq2seq.config import dump_config, load_config
 from seq2seq.data.batching import TokenBatchSampler
 from seq2seq.data.prepare import load_prepared
-from seq2seq.training import checkpoint as ckpt
+from seq2seq import checkpoint as ckpt
+from seq2seq import run_folder
 from seq2seq.run_folder import read_metrics
 from seq2seq.training.data_order import update_batches
 from seq2seq.training.run_state import RunState
-from seq2seq.training.trainer import Trainer, train
+from seq2seq.training.run import train
+from seq2seq.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,10 +167,10 @@ def test_ddp_matches_one_process_and_stops_together(tiny_corpus, tmp_path, monke
     # wrote files; the checkpoint holds both ranks' RNG states.
     assert not rank_outputs[1].exists()
     assert snapshot(tiny_corpus.prepared_dir) == prepared_before
-    assert [p.name for p in ckpt.step_checkpoints(tmp_path / "ddp")] == [f"step_{INTERRUPT_AT:08d}.pt"]
-    final = ckpt.load_checkpoint(ckpt.step_checkpoint_path(tmp_path / "ddp", INTERRUPT_AT))
+    assert [p.name for p in run_folder.step_checkpoints(tmp_path / "ddp")] == [f"step_{INTERRUPT_AT:08d}.pt"]
+    final = ckpt.load_checkpoint(run_folder.step_checkpoint_path(tmp_path / "ddp", INTERRUPT_AT))
     assert len(final["rng_ranks"]) == 2 and final["run_state"]["world_size"] == 2
-    single_final = ckpt.load_checkpoint(ckpt.step_checkpoint_path(tmp_path / "single", INTERRUPT_AT))
+    single_final = ckpt.load_checkpoint(run_folder.step_checkpoint_path(tmp_path / "single", INTERRUPT_AT))
     assert final["run_state"]["target_tokens"] == single_final["run_state"]["target_tokens"] > 0  # both ranks'
     assert all(torch.equal(final["model"][n], t) for n, t in params[0].items())
 

@@ -21,9 +21,10 @@ import pytest
 import torch
 
 from seq2seq.errors import UserError
-from seq2seq.training import checkpoint as ckpt
+from seq2seq import checkpoint as ckpt
+from seq2seq import run_folder
 from seq2seq.run_folder import read_metrics
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 from tests.helpers_cli import SAMPLE, tiny_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,14 +42,14 @@ def attn_train(tiny_corpus, out: Path, *overrides: str, flags=(), env=None, **po
 
 def temp_files(out: Path, pid: int | None = None) -> list[Path]:
     """Checkpoint writes not (yet) renamed into place: all, or those of process ``pid``."""
-    folder = ckpt.checkpoint_dir(out)
+    folder = run_folder.checkpoint_dir(out)
     pattern = f".*.pt.tmp{pid}" if pid else ".*.tmp*"
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
 
 def assert_every_checkpoint_loads(out: Path) -> list[int]:
-    folder = ckpt.checkpoint_dir(out)
-    paths = ckpt.step_checkpoints(out) + ([folder / ckpt.BEST_NAME] if (folder / ckpt.BEST_NAME).exists() else [])
+    folder = run_folder.checkpoint_dir(out)
+    paths = run_folder.step_checkpoints(out) + ([folder / run_folder.BEST_NAME] if (folder / run_folder.BEST_NAME).exists() else [])
     steps = []
     for path in paths:
         payload = ckpt.load_checkpoint(path)  # raises on a truncated or corrupt file
@@ -83,7 +84,7 @@ def test_runs_killed_at_random_moments_resume_and_finish(tiny_corpus, tmp_path):
     killed_in_write = 0
     # SIGKILL at a random moment once training runs, or while a checkpoint is being written.
     for kind in ("random", "in_write", "random", "in_write", "random"):
-        resumable = ckpt.step_checkpoints(out)
+        resumable = run_folder.step_checkpoints(out)
         flags = ["--resume" if resumable else "--overwrite"]
         proc = attn_train(tiny_corpus, out, *run, "train.max_steps=100000", flags=flags, env=slow_save,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -112,7 +113,7 @@ def test_runs_killed_at_random_moments_resume_and_finish(tiny_corpus, tmp_path):
     assert proc.returncode == 0, stderr
     assert f"done: {max_steps} steps" in stderr
     assert max(assert_every_checkpoint_loads(out)) == max_steps
-    assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, max_steps))["run_state"]["step"] == max_steps
+    assert ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, max_steps))["run_state"]["step"] == max_steps
     assert temp_files(out) == []
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert steps == list(range(1, max_steps + 1))
@@ -141,11 +142,11 @@ def test_ctrl_c_stops_cleanly_after_writing_a_checkpoint(tiny_corpus, tmp_path, 
     assert proc.returncode == 130, rest  # so that `attn train ... && attn evaluate ...` stops
     step = int(re.search(r"interrupted at step (\d+)", rest).group(1))
     assert 3 <= step < 100000
-    assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, step))["run_state"]["step"] == step
+    assert ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, step))["run_state"]["step"] == step
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r][-1] == step
     last_line = rest.strip().splitlines()[-1]  # never validated: how to score it
     assert last_line.startswith("note: the final model was never validated")
-    assert f"attn evaluate --checkpoint {ckpt.step_checkpoint_path(out, step)} --src " in last_line
+    assert f"attn evaluate --checkpoint {run_folder.step_checkpoint_path(out, step)} --src " in last_line
 
 
 @pytest.mark.slow
@@ -182,7 +183,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_corpus, tmp_
     out = tmp_path / "run"
     run = ("train.save_every=2", "train.valid_every=100", "train.log_every=1")
     train(tiny_corpus.config(out, *run, "train.max_steps=2"), log=lambda m: None, quiet=True)
-    previous = ckpt.step_checkpoint_path(out, 2)
+    previous = run_folder.step_checkpoint_path(out, 2)
     previous_bytes = previous.read_bytes()
 
     def full_disk(obj, f, *args, **kwargs):
@@ -195,7 +196,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_corpus, tmp_
     assert os.strerror(errno.ENOSPC) in str(error.value) and "step_00000004.pt" in str(error.value)
     assert previous.read_bytes() == previous_bytes
     assert ckpt.load_checkpoint(previous)["run_state"]["step"] == 2
-    assert ckpt.step_checkpoints(out) == [previous]
+    assert run_folder.step_checkpoints(out) == [previous]
     assert temp_files(out) == []
 
 
@@ -213,7 +214,7 @@ def test_a_validation_that_fails_leaves_a_checkpoint_of_its_step(tiny_corpus, tm
     with pytest.raises(RuntimeError, match="this CPU cannot run"):
         train(tiny_corpus.config(out, "train.max_steps=6", "train.valid_every=3", "train.log_every=1"),
               log=messages.append, quiet=True)
-    saved = ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 3))
+    saved = ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, 3))
     assert saved["run_state"]["step"] == 3 and "optimizer" in saved
     assert any("validation at step 3 failed" in m and "step_00000003.pt" in m for m in messages)
     monkeypatch.undo()

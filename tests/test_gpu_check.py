@@ -147,7 +147,7 @@ def test_one_line_keeps_the_type_and_the_first_line():
 
 @pytest.fixture(scope="module")
 def one_step_checkpoint(tiny_corpus, tmp_path_factory) -> Path:
-    from seq2seq.training.trainer import train
+    from seq2seq.training.run import train
 
     out = tmp_path_factory.mktemp("one_step")
     train(tiny_corpus.config(out, "train.max_steps=1", "train.valid_every=100"), log=lambda m: None, quiet=True)

@@ -160,7 +160,7 @@ def test_bf16_that_cannot_run_is_refused_by_name(monkeypatch):
 
 
 def test_training_in_bf16_that_cannot_run_writes_nothing(monkeypatch, tiny_corpus, tmp_path):
-    from seq2seq.training.trainer import train
+    from seq2seq.training.run import train
 
     no_bf16(monkeypatch)
     out = tmp_path / "run"

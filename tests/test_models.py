@@ -9,7 +9,7 @@ from seq2seq.data.special import BOS_ID, PAD_ID
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model, count_parameters, describe_model
 from seq2seq.models.state import reorder_state
-from seq2seq.models.transformer import KVCache
+from seq2seq.models.multihead import KVCache
 from tests.synthetic import make_reverse_batch, sequence_loss
 
 SRC_VOCAB = 20

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from seq2seq.errors import UserError
-from seq2seq.training import checkpoint as ckpt
+from seq2seq import checkpoint as ckpt
+from seq2seq import run_folder
 from seq2seq.run_folder import read_metrics
 from seq2seq.training.records import trim_metrics
-from seq2seq.training.trainer import train
+from seq2seq.training.run import train
 from tests.helpers_cli import flip_a_weight_byte
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,8 +58,8 @@ def test_resumed_run_matches_the_uninterrupted_run(tiny_corpus, tmp_path, model)
     valid_steps = [r["step"] for r in read_metrics(b / "metrics.jsonl") if "valid_loss" in r]
     assert valid_steps == [6, 12]
 
-    final_a = ckpt.load_checkpoint(ckpt.step_checkpoint_path(a, 12))
-    final_b = ckpt.load_checkpoint(ckpt.step_checkpoint_path(b, 12))
+    final_a = ckpt.load_checkpoint(run_folder.step_checkpoint_path(a, 12))
+    final_b = ckpt.load_checkpoint(run_folder.step_checkpoint_path(b, 12))
     clocks = {key: final_a["run_state"][key] for key in ("train_seconds", "wall_seconds")}
     assert final_a["run_state"] == {**final_b["run_state"], **clocks}
     for name, tensor in final_a["model"].items():
@@ -79,7 +80,7 @@ def test_resume_skips_a_corrupt_newest_checkpoint(tiny_corpus, tmp_path, damage)
     out = tmp_path / "run"
     run = ("train.save_every=2", "train.valid_every=100", "train.log_every=1")
     quiet_train(tiny_corpus.config(out, *run, "train.max_steps=4"))
-    newest = ckpt.step_checkpoint_path(out, 4)
+    newest = run_folder.step_checkpoint_path(out, 4)
     if damage == "cut-short":
         newest.write_bytes(newest.read_bytes()[:1000])  # e.g. a disk that lied about a write
     else:

@@ -12,23 +12,13 @@ import torch
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import EOS_ID, PAD_ID
-from seq2seq.decoding.search import (
-    Ensemble,
-    Hypothesis,
-    average_checkpoints,
-    beam_search,
-    forced_score,
-    gnmt_length_penalty,
-    greedy_search,
-    has_attention,
-    keep_parents_in_place,
-    max_output_length,
-    rows_that_stay,
-    sample,
-    top_k_filter,
-    top_p_filter,
-)
-from seq2seq.decoding.translator import TranslateSettings, Translator, decode_batch, hard_alignments, pharaoh
+from seq2seq.checkpoint import average_checkpoints
+from seq2seq.decoding.ensemble import Ensemble, has_attention
+from seq2seq.decoding.search import Hypothesis, beam_search, forced_score, gnmt_length_penalty, greedy_search, sample
+from seq2seq.decoding.search_helpers import (keep_parents_in_place, max_output_length, rows_that_stay, top_k_filter,
+                                             top_p_filter)
+from seq2seq.decoding.settings import TranslateSettings
+from seq2seq.decoding.translator import Translator, decode_batch, hard_alignments, pharaoh
 from seq2seq.decoding.workers import DecodeWorkers
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model
@@ -504,7 +494,7 @@ def test_greedy_and_sampling_reading_finished_rows_a_step_late_give_the_same_out
                                                                                     monkeypatch):
     """On a GPU greedy search and sampling learn a step late which sentences ended (so the host
     never waits for the device): those then leave the batch, and the search stops, a step later."""
-    import seq2seq.decoding.search as search
+    import seq2seq.decoding.search_helpers as search_helpers
 
     model = request.getfixturevalue(model_name)
 
@@ -513,7 +503,7 @@ def test_greedy_and_sampling_reading_finished_rows_a_step_late_give_the_same_out
         return [greedy_search(model, src, **LIMITS, return_attention=True), draws]
 
     at_once = run()
-    monkeypatch.setattr(search, "_reads_late", lambda device: True)
+    monkeypatch.setattr(search_helpers, "reads_late", lambda device: True)
     late = run()
     for expected, got in zip(at_once, late):
         assert [h.tokens for h in got] == [h.tokens for h in expected]

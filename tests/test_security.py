@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from seq2seq.errors import UserError
-from seq2seq.training.checkpoint import load_checkpoint
+from seq2seq.checkpoint import load_checkpoint
 from tests.helpers_cli import REPO, assert_user_error, run_attn, snapshot, tiny_run
 
 

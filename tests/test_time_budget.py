@@ -8,8 +8,10 @@ import time
 import pytest
 
 from seq2seq.run_folder import read_metrics, resolve_checkpoint
-from seq2seq.training import checkpoint as ckpt
-from seq2seq.training.trainer import Trainer, train
+from seq2seq import checkpoint as ckpt
+from seq2seq import run_folder
+from seq2seq.training.run import train
+from seq2seq.training.trainer import Trainer
 from tests.helpers_cli import run_attn
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -28,7 +30,7 @@ def test_a_time_budget_ends_with_the_final_model_validated_within_it(tiny_corpus
     if summary.steps % 7:  # it stopped between two validations
         assert "the final validation took" in summary.stopped_because
     assert summary.unvalidated is None
-    best = ckpt.load_checkpoint(ckpt.checkpoint_dir(out) / ckpt.BEST_NAME)["run_state"]["step"]
+    best = ckpt.load_checkpoint(run_folder.checkpoint_dir(out) / run_folder.BEST_NAME)["run_state"]["step"]
     scores = {r["step"]: r["valid_bleu"] for r in validations}
     assert best == summary.best_step and scores[best] == max(scores.values())
     # Start-up (loading the data, building the model) is outside the budget: 3 s of slack.
@@ -53,19 +55,19 @@ def interrupted_run(tiny_corpus, tmp_path_factory, one_torch_thread):
     finally:
         Trainer.optimizer_step = step
     assert summary.interrupted and summary.steps == 5
-    assert summary.unvalidated == ckpt.step_checkpoint_path(out, 5)
+    assert summary.unvalidated == run_folder.step_checkpoint_path(out, 5)
     return out
 
 
 def test_the_run_folder_resolves_to_best_and_warns_of_the_newer_model(interrupted_run):
     warnings = []
     best = resolve_checkpoint(interrupted_run, "best", warnings.append)
-    assert best == ckpt.checkpoint_dir(interrupted_run) / ckpt.BEST_NAME
+    assert best == run_folder.checkpoint_dir(interrupted_run) / run_folder.BEST_NAME
     assert ckpt.load_checkpoint(best)["run_state"]["step"] == 3
     assert len(warnings) == 1 and "step_00000005.pt (step 5" in warnings[0] and "--which last" in warnings[0]
-    assert resolve_checkpoint(interrupted_run, "last") == ckpt.step_checkpoint_path(interrupted_run, 5)
+    assert resolve_checkpoint(interrupted_run, "last") == run_folder.step_checkpoint_path(interrupted_run, 5)
     for which in ("best", "last"):  # the checkpoints/ folder is the run folder's
-        assert resolve_checkpoint(ckpt.checkpoint_dir(interrupted_run), which) == resolve_checkpoint(interrupted_run, which)
+        assert resolve_checkpoint(run_folder.checkpoint_dir(interrupted_run), which) == resolve_checkpoint(interrupted_run, which)
 
 
 @pytest.mark.slow
@@ -79,7 +81,7 @@ def test_translate_warns_of_the_newer_model_and_which_last_takes_it(interrupted_
     assert len(warnings) == 1 and "step_00000005.pt" in warnings[0] and "--which last" in warnings[0]
     last = run_attn("translate", "-c", interrupted_run, "--which", "last", *common, cwd=tmp_path)
     assert last.returncode == 0 and "warning" not in last.stderr
-    step_5 = run_attn("translate", "-c", ckpt.step_checkpoint_path(interrupted_run, 5), *common, cwd=tmp_path)
+    step_5 = run_attn("translate", "-c", run_folder.step_checkpoint_path(interrupted_run, 5), *common, cwd=tmp_path)
     assert last.stdout == step_5.stdout
-    folder = run_attn("translate", "-c", ckpt.checkpoint_dir(interrupted_run), *common, cwd=tmp_path)
+    folder = run_attn("translate", "-c", run_folder.checkpoint_dir(interrupted_run), *common, cwd=tmp_path)
     assert folder.returncode == 0 and folder.stdout == best.stdout

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from seq2seq.config import Config, TrainConfig
 from seq2seq.data.prepare import load_prepared
 from seq2seq.data.special import PAD_ID
-from seq2seq.training import checkpoint as ckpt
+from seq2seq import checkpoint as ckpt
+from seq2seq import run_folder
 from seq2seq.training import trainer as trainer_module
 from seq2seq.training.distributed import DistInfo
 from seq2seq.training import loss as loss_module
@@ -25,7 +26,8 @@ from seq2seq.errors import TrainingStopped
 from seq2seq.run_folder import read_metrics
 from seq2seq.training.data_order import accumulation_steps, uneven_update_warning
 from seq2seq.training.setup import seed_everything
-from seq2seq.training.trainer import Trainer, train
+from seq2seq.training.run import train
+from seq2seq.training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -307,8 +309,8 @@ def test_max_bad_steps_in_a_row_stop_training_with_a_usable_checkpoint(tiny_corp
                              "train.valid_every=100", "train.log_every=10")
     with pytest.raises(TrainingStopped, match="3 non-finite"):
         train(cfg, log=lambda m: None, quiet=True)
-    last = ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 6))
-    good = ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 3))
+    last = ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, 6))
+    good = ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, 3))
     assert last["run_state"]["step"] == 6
     for name, tensor in last["model"].items():  # the three bad updates changed nothing
         assert torch.isfinite(tensor).all()
@@ -333,7 +335,7 @@ def test_max_minutes_stops_after_the_update_that_crosses_the_budget(tiny_corpus,
     summary = train(cfg, log=lambda m: None, quiet=True)
     assert summary.steps == 4
     assert "train.max_minutes" in summary.stopped_because
-    assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 4))["run_state"]["wall_seconds"] == 120.0
+    assert ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, 4))["run_state"]["wall_seconds"] == 120.0
 
 
 def test_a_run_ended_by_max_epochs_validates_its_final_model(tiny_corpus, tmp_path):
@@ -346,7 +348,7 @@ def test_a_run_ended_by_max_epochs_validates_its_final_model(tiny_corpus, tmp_pa
     assert "train.max_epochs" in summary.stopped_because and 0 < summary.steps < 1000
     validations = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "valid_loss" in r]
     assert validations == [summary.steps] and summary.best_step == summary.steps
-    assert ckpt.load_checkpoint(ckpt.checkpoint_dir(out) / ckpt.BEST_NAME)["run_state"]["step"] == summary.steps
+    assert ckpt.load_checkpoint(run_folder.checkpoint_dir(out) / run_folder.BEST_NAME)["run_state"]["step"] == summary.steps
 
 
 def test_ctrl_c_during_a_validation_abandons_it_and_saves(tiny_corpus, tmp_path, monkeypatch):
@@ -375,7 +377,7 @@ def test_ctrl_c_during_a_validation_abandons_it_and_saves(tiny_corpus, tmp_path,
     assert chunks == [1]  # one chunk of 4 sentences translated, then abandoned
     assert summary.steps == 2 and summary.interrupted and summary.best_score is None
     assert not any("valid_loss" in r for r in read_metrics(out / "metrics.jsonl"))
-    assert ckpt.load_checkpoint(ckpt.step_checkpoint_path(out, 2))["run_state"]["validations_without_improvement"] == 0
+    assert ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, 2))["run_state"]["validations_without_improvement"] == 0
 
 
 # ----------------------------------------------------------------------------- a short run
@@ -419,7 +421,7 @@ def test_run_writes_curve_config_and_checkpoints(short_run):
     assert (out / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
     config = (out / "config.yaml").read_text()
     assert "max_steps: 30" in config and "lr: 0.005" in config
-    steps = [ckpt.load_checkpoint(p)["run_state"]["step"] for p in ckpt.step_checkpoints(out)]
+    steps = [ckpt.load_checkpoint(p)["run_state"]["step"] for p in run_folder.step_checkpoints(out)]
     assert steps == [15, 30]
     best = ckpt.load_checkpoint(out / "checkpoints" / "best.pt")
     assert best["run_state"]["step"] == summary.best_step

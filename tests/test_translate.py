@@ -37,7 +37,7 @@ def test_copy_task_model_translates_exactly_with_beam_5(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_corpus, tmp_path_factory) -> Path:
-    from seq2seq.training.trainer import train
+    from seq2seq.training.run import train
 
     run = tmp_path_factory.mktemp("translate") / "run"
     train(tiny_corpus.config(run, "train.max_steps=2", "train.valid_every=2"), quiet=True, log=lambda m: None)
@@ -132,7 +132,8 @@ def test_translate_with_two_workers_writes_what_one_process_writes(tiny_checkpoi
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(monkeypatch, native):
-    from seq2seq.decoding.translator import TranslateSettings, Translator
+    from seq2seq.decoding.settings import TranslateSettings
+    from seq2seq.decoding.translator import Translator
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

@@ -23,6 +23,7 @@ class ToyAttentionGRU(nn.Module):
     def __init__(self, vocab_size: int = 12, dim: int = 16, seed: int = 0, init_scale: float = 1.0):
         super().__init__()
         self.tgt_vocab_size = vocab_size
+        self.max_positions = None  # reads any length (seq2seq.models.interface)
         self.src_embed = nn.Embedding(vocab_size, dim)
         self.encoder = nn.GRU(dim, dim, batch_first=True)  # one direction: right-padding cannot leak in
         self.tgt_embed = nn.Embedding(vocab_size, dim)
@@ -81,6 +82,7 @@ class TransitionModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.tgt_vocab_size = 8
+        self.max_positions = None
         probs = torch.full((8, 8), 1e-6)  # every token possible, barely
         probs[BOS_ID, [A, B, EOS_ID]] = torch.tensor([0.5, 0.4, 0.1])
         probs[A, [C, EOS_ID, D, B]] = torch.tensor([0.35, 0.3, 0.25, 0.1])

@@ -30,7 +30,7 @@ class TokenizerConfig:
     joint: bool = True
     character_coverage: float = field(default=1.0, metadata=_range(0.9, 1.0))
     # Sentences sampled to train SentencePiece; keeps memory bounded on huge corpora. Training
-    # memory grows with it (2M pairs: 1.2 GB peak at 300k, 3.1 GB at 1M, for 0.3 % fewer pieces).
+    # memory grows with it, for a fraction of a percent fewer pieces (README, benchmarks).
     input_sentence_size: int = field(default=300_000, metadata=_range(1000))
 
 
@@ -149,8 +149,8 @@ class DecodeConfig:
     # Decoder rows per batch: sentences x beam size (x nbest when sampling). A step costs about
     # the same for 64 rows as for 320, so greedy search takes 5x more sentences than beam 5.
     batch_size: int = field(default=320, metadata=_range(1))
-    # bf16 decodes with a bf16 copy of the weights: about 1.5-2x faster on CPUs with
-    # AVX512-BF16 or AMX and on GPUs; scores still add up in float32.
+    # bf16 decodes with a bf16 copy of the weights: for CPUs with AVX512-BF16 or AMX and GPUs
+    # (elsewhere emulated, and likely slower); scores still add up in float32.
     precision: Literal["fp32", "bf16"] = "fp32"
 
 

@@ -3,9 +3,8 @@ searched by a C++ inference engine.
 
 Why a second engine: at the decoder's small matrices (64 sentences, d = 256) much of
 PyTorch's time per step goes to dispatching dozens of small ops from Python. CTranslate2,
-OpenNMT's inference engine, runs the whole search in C++: on the benchmark's 2-core CPU
-1.5x attn's fastest own decoding (two worker processes), 1.7-1.8x one process, greedy and
-beam 5 (``make bench``). It knows the standard Transformer, so ``convert`` copies an attn
+OpenNMT's inference engine, runs the whole search in C++, faster than attn's own search
+(``make bench``; figures in the README). It knows the standard Transformer, so ``convert`` copies an attn
 Transformer's weights into its layout (the layouts already match: fused QKV, fused
 cross-attention K/V, tied output); nothing is retrained, and the scores it gives a
 translation equal attn's (``tests/test_ctranslate2_engine.py``).
@@ -38,13 +37,13 @@ import torch
 from torch import nn
 
 from seq2seq.data.special import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from seq2seq.decoding.search import Hypothesis, gnmt_length_penalty
+from seq2seq.decoding.search_helpers import Hypothesis, gnmt_length_penalty
 from seq2seq.errors import UserError
 from seq2seq.models.transformer import Transformer, sinusoidal_positions
 
 if TYPE_CHECKING:
     from seq2seq.data.tokenizer import Tokenizer
-    from seq2seq.decoding.translator import TranslateSettings
+    from seq2seq.decoding.settings import TranslateSettings
 
 INSTALL_HINT = "install it with: pip install 'attn[ctranslate2]'"
 _LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which attn's models use
@@ -132,7 +131,7 @@ class CTranslate2Search:
     threads on one batch would be faster alone, but not in a process where torch has used
     its OpenMP threads (loading the model does): CTranslate2 then shares torch's OpenMP
     runtime, which, seeing more threads than cores, puts them to sleep between every
-    parallel region (measured on 2 cores: 2.5x slower, 100,000 context switches in 5 s).
+    parallel region (several times slower; the README's benchmark notes say how much).
     """
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, settings: TranslateSettings):
@@ -158,7 +157,7 @@ class CTranslate2Search:
         torch.set_num_threads(threads)
         self.source_pieces, target_pieces = vocabularies(tokenizer)
         self.target_ids = {piece: i for i, piece in enumerate(target_pieces)}
-        # attn's search never emits PAD or BOS (search.restrict_next_tokens)
+        # attn's search never emits PAD or BOS (search_helpers.restrict_next_tokens)
         self.never = [[target_pieces[PAD_ID]], [target_pieces[BOS_ID]]]
         self.max_output = model.max_positions - 1 if model.max_positions is not None else None
 
@@ -172,7 +171,7 @@ class CTranslate2Search:
         pending = []
         for batch in batches:
             limits = [math.floor(s.max_len_a * len(ids) + s.max_len_b) for ids in batch]
-            if self.max_output is not None:  # learned positions end (search.max_output_length)
+            if self.max_output is not None:  # learned positions end (search_helpers.max_output_length)
                 limits = [min(limit, self.max_output) for limit in limits]
             by_limit: dict[int, list[int]] = {}
             for i, limit in enumerate(limits):

@@ -15,7 +15,7 @@ from seq2seq.data.tokenizer import Tokenizer
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model
 from seq2seq.run_folder import resolve_checkpoint
-from seq2seq.training import checkpoint as ckpt
+from seq2seq import checkpoint as ckpt
 
 
 @dataclass

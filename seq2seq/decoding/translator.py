@@ -8,56 +8,30 @@ and returns the results in input order.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import dataclasses
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from seq2seq.config import DecodeConfig
 from seq2seq.data.special import EOS_ID, PAD_ID
+from seq2seq.decoding.settings import TranslateSettings
 from seq2seq.decoding.search import Hypothesis, beam_search, gnmt_length_penalty, greedy_search, sample
 from seq2seq.decoding.workers import DecodeWorkers
 from seq2seq.errors import UserError
 from seq2seq.kernels import check_bf16, packed_weights
+from seq2seq.models.interface import Seq2SeqModel
 
 if TYPE_CHECKING:
     from seq2seq.data.tokenizer import Tokenizer
     from seq2seq.decoding.ctranslate2_engine import CTranslate2Search
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TranslateSettings:
-    """How to translate: the ``decode`` config section plus per-command options."""
-
-    beam_size: int = 5
-    length_penalty: float = 1.0
-    max_len_a: float = 1.5
-    max_len_b: int = 10
-    min_len: int = 1
-    batch_size: int = 320  # decoder rows: sentences x beam size (see sentences_per_batch)
-    nbest: int = 1  # translations per input line (beam: the best ones; sampling: draws)
-    sampling: bool = False  # draw random translations instead of beam search
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None  # for sampling; None draws a different sample every run
-    return_attention: bool = False
-    max_source_len: int = 1024  # source pieces; longer lines are truncated with a warning
-    precision: str = "fp32"  # or "bf16": decode with a bf16 copy of the model
-    workers: int = 1  # processes decoding batches side by side (CPU only; see decoding.workers)
-    engine: str = "torch"  # or "ctranslate2" (see decoding.ctranslate2_engine)
-
-    @classmethod
-    def from_config(cls, decode: DecodeConfig, **options: object) -> TranslateSettings:
-        return cls(**dataclasses.asdict(decode), **options)
 
 
 @dataclass
@@ -88,7 +62,7 @@ class Translator:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: Seq2SeqModel,
         src_encode: Callable[[list[str]], list[list[int]]],
         tgt_decode: Callable[[list[int]], str],
         settings: TranslateSettings,
@@ -114,7 +88,7 @@ class Translator:
         self.settings = settings
         self.warn = warn
         # Models with learned positions cannot read arbitrarily long sources.
-        model_limit = getattr(model, "max_positions", None)
+        model_limit = model.max_positions
         self.max_source_len = settings.max_source_len
         if model_limit is not None:
             self.max_source_len = min(self.max_source_len, model_limit - 1)  # room for EOS
@@ -197,7 +171,7 @@ class Translator:
         )
 
 
-def make_translator(model: nn.Module, tokenizer: Tokenizer, settings: TranslateSettings,
+def make_translator(model: Seq2SeqModel, tokenizer: Tokenizer, settings: TranslateSettings,
                     warn: Callable[[str], None] = log.warning, device: torch.device | str = "cpu") -> Translator:
     """A Translator for a model and the tokenizer it was trained with, searching with the
     engine that ``settings.engine`` names."""
@@ -207,10 +181,30 @@ def make_translator(model: nn.Module, tokenizer: Tokenizer, settings: TranslateS
     return Translator(model, tokenizer.encode_src, tokenizer.decode_tgt, settings, warn, engine)
 
 
-def decode_batch(model: nn.Module, s: TranslateSettings, sources: list[list[int]]) -> list[list[Hypothesis]]:
+def decode_batch(model: Seq2SeqModel, s: TranslateSettings, sources: list[list[int]]) -> list[list[Hypothesis]]:
     """The hypotheses (best first) for each of ``sources`` (piece ids ending in EOS), decoded as
     one batch by the search that ``s`` asks for."""
     src = _pad(sources, device=_device_of(model))
+    with showing_attention(model, s.attention_layer, s.attention_head):
+        return _search(model, s, src)
+
+
+@contextlib.contextmanager
+def showing_attention(model: nn.Module, layer: int, head: int | None) -> Iterator[None]:
+    """Which cross-attention the models whose weights come from one of several layers and
+    heads (a Transformer's, ensemble members' too) return while a search runs."""
+    choosers = [m for m in model.modules() if hasattr(m, "attention_layer")]
+    before = [(m.attention_layer, m.attention_head) for m in choosers]
+    for m in choosers:
+        m.attention_layer, m.attention_head = layer, head
+    try:
+        yield
+    finally:
+        for m, (old_layer, old_head) in zip(choosers, before):
+            m.attention_layer, m.attention_head = old_layer, old_head
+
+
+def _search(model: Seq2SeqModel, s: TranslateSettings, src: Tensor) -> list[list[Hypothesis]]:
     if not s.sampling and s.beam_size == 1:
         # Beam search with one beam is greedy search, which drops finished sentences and
         # has no beam bookkeeping; its score is divided by the length penalty the same way.

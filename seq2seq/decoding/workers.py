@@ -1,16 +1,14 @@
 """Decode batches in several processes at once (``attn translate --workers N``).
 
 A decoding step multiplies a few dozen rows by each weight matrix: products too small to keep
-two cores busy, with Python between them that runs on one core. On the 2-core benchmark
-machine two processes of one thread each, each decoding whole batches, did more than one
-process of two threads (config T, test set, 64 sentences a batch, start-up included: greedy
-6,293 -> 7,813 pieces/s, beam 5 1,760 -> 2,166). A thread per batch would not do: the Python
-part holds the GIL (measured 1.1x). Greedy search at 320 rows already keeps both cores busy and
-gains nothing.
+two cores busy, with Python between them that runs on one core. Two processes of one thread
+each, each decoding whole batches, do more than one process of two threads (figures in the
+README's benchmarks). A thread per batch would not do: the Python part holds the GIL. Greedy
+search at 320 rows already keeps both cores busy and gains nothing.
 
 This process is one of the N: it decodes batches from the end of the list while the N - 1
 spawned ones take them from the front, each taking its next batch only when it is ready for it.
-So nobody waits for a child to start (importing torch takes it ~1.2 s), and at the end nobody
+So nobody waits for a child to start (importing torch takes it a second or so), and at the end nobody
 waits longer than another's last batch. Batches are decoded as one process would decode
 them, so the translations are the same (their scores may differ in the last digits: fewer threads
 sum in another order).
@@ -33,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from seq2seq.decoding.search import Hypothesis
+from seq2seq.decoding.search_helpers import Hypothesis
 from seq2seq.errors import UserError
 from seq2seq import kernels
 
 if TYPE_CHECKING:
-    from seq2seq.decoding.translator import TranslateSettings
+    from seq2seq.decoding.settings import TranslateSettings
 
 Batch = list[list[int]]  # source piece ids of each sentence, EOS included
 Decoded = list[list[Hypothesis]]  # each sentence's hypotheses, best first

@@ -9,10 +9,11 @@ from typing import Any
 from seq2seq.config import DecodeConfig
 from seq2seq.data.corpus import count_text_lines, read_lines
 from seq2seq.decoding.loading import load_model, use_cpu_kernels
-from seq2seq.decoding.translator import TranslateSettings, make_translator
+from seq2seq.decoding.settings import TranslateSettings
+from seq2seq.decoding.translator import make_translator
 from seq2seq.errors import UserError
-from seq2seq.files import not_a_file
-from seq2seq.evaluation.metrics import score_corpus
+from seq2seq.files import make_output_folder, not_a_file
+from seq2seq.evaluation.metrics import paired_bootstrap, score_corpus
 from seq2seq.evaluation.report import append_results_csv, write_report
 from seq2seq.run_folder import CHECKPOINT_DIR, REPORT_DIR, RESULTS_CSV
 
@@ -86,9 +87,33 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
         "tokens_per_s": round(pieces / seconds, 1),
         "seconds": round(seconds, 2),
     }
+    return write_reports(report_dir, metrics, meta), report_dir
+
+
+def score_hypotheses(hyp: Path, refs: list[Path], compare: Path | None,
+                     report_dir: Path | None) -> tuple[dict[str, Any], Path]:
+    """``attn evaluate --hyp``: score a file of translations as it is (and, with ``compare``,
+    the paired bootstrap test against another system's); write the report (default: ``eval``
+    beside ``hyp``); returns (report, report_dir)."""
+    references = [read_text_file(path, "--ref") for path in refs]
+    hypotheses = read_text_file(hyp, "--hyp")
+    metrics = score_corpus(hypotheses, references, hyps_file=str(hyp), refs_files=[str(p) for p in refs])
+    meta: dict[str, Any] = {"hypotheses": str(hyp), "references": [str(p) for p in refs], "sentences": len(hypotheses)}
+    if compare is not None:
+        other = read_text_file(compare, "--compare")
+        meta["paired_bootstrap"] = {"system_a": str(compare), "system_b": str(hyp),
+                                    **paired_bootstrap(other, hypotheses, references, names=(str(compare), str(hyp)),
+                                                       refs_files=[str(p) for p in refs])}
+    report_dir = report_dir or hyp.parent / REPORT_DIR
+    make_output_folder(report_dir, "--report-dir")
+    return write_reports(report_dir, metrics, meta), report_dir
+
+
+def write_reports(report_dir: Path, metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """report.json/report.md in ``report_dir``, a row in the run's results.csv; the report."""
     write_report(report_dir, metrics, meta)
     append_results_csv(report_dir.parent / RESULTS_CSV, results_row(metrics, meta))
-    return {**metrics, **meta}, report_dir
+    return {**metrics, **meta}
 
 
 def results_row(metrics: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:

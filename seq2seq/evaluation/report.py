@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from seq2seq.files import write_text_atomic
-# A run's evaluation: <run>/eval/report.{json,md}, hypotheses.txt; results.csv beside eval/.
-from seq2seq.run_folder import REPORT_DIR, RESULTS_CSV  # noqa: F401
 
 METRIC_KEYS = ("bleu", "chrf", "ter", "signature")
 METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "ter": "TER"}

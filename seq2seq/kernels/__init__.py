@@ -15,6 +15,7 @@ caps oneDNN's caches and keeps freed memory: only the command line calls it, bef
 runs. ``precision.py`` says whether bf16 runs here at all, and whether natively.
 """
 
+from seq2seq.kernels import lstm_step  # noqa: F401  (registers its probe)
 from seq2seq.kernels.fastops import Dropout, ReLUDropout, dropout, dropout_noise, relu_dropout, tanh_
 from seq2seq.kernels.onednn import Linear, linear, matmul_nt, matmul_tn, packed_weights, uses_onednn
 from seq2seq.kernels.precision import check_bf16, native_bf16
@@ -22,7 +23,7 @@ from seq2seq.kernels.probe import MODES, configure, decisions, mode
 from seq2seq.kernels.process import tune_process
 
 __all__ = [
-    "MODES", "Dropout", "Linear", "ReLUDropout", "check_bf16", "configure", "decisions", "dropout", "dropout_noise",
+    "MODES", "Dropout", "Linear", "lstm_step", "ReLUDropout", "check_bf16", "configure", "decisions", "dropout", "dropout_noise",
     "linear", "matmul_nt", "matmul_tn", "mode", "native_bf16", "packed_weights", "relu_dropout", "tanh_",
     "tune_process", "uses_onednn",
 ]

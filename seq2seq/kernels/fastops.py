@@ -2,8 +2,8 @@
 tanh on big tensors: see ``tanh_``).
 
 Dropout. ``F.dropout`` on the CPU draws one Bernoulli number per element with a scalar
-generator, which on a 2-core machine cost ~7% of a Transformer training step (it was as slow
-as 40 elementwise multiplications). ``dropout`` here draws 64 random bits per *four*
+generator, as slow as dozens of elementwise multiplications (README, "Why the fast paths").
+``dropout`` here draws 64 random bits per *four*
 elements from the same default generator (so ``torch.manual_seed`` and the checkpointed RNG
 state still make runs repeatable) and keeps an element when its 16 bits are at least the
 threshold: the drop probability is round(p * 65536) / 65536, within 8e-6 of p, and the kept
@@ -62,9 +62,8 @@ def relu_dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     ReLU would save its output and dropout its noise, two more tensors of the FFN's width.
     """
     if not training or p == 0.0:
-        # In place where no gradient flows back (decoding): one FFN-wide tensor less. For the
-        # encoder of a 320-sentence batch that is 52 MB, which glibc maps afresh (above its
-        # 32 MB ceiling for reuse): 13 ms to first-touch, most of a product's 16 ms.
+        # In place where no gradient flows back (decoding): one FFN-wide tensor less, which for
+        # a big batch is above glibc's ceiling for reuse and would be page-faulted in afresh.
         return torch.relu(x) if torch.is_grad_enabled() and x.requires_grad else x.relu_()
     if not _fast_path(x, p):
         return F.dropout(torch.relu(x), p, training)
@@ -124,8 +123,8 @@ class _TanhInplace(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
         # In place on y, the tensor as big as the attention energies: its other reader (the
-        # next layer's backward) has already run, and a fresh tensor per decoder step cost
-        # 10 % of additive attention's time. A second backward fails loudly (version check).
+        # next layer's backward) has already run, and a fresh tensor per decoder step costs
+        # page faults. A second backward fails loudly (version check).
         (y,) = ctx.saved_tensors
         return y.square_().neg_().add_(1.0).mul_(grad)
 
@@ -151,3 +150,23 @@ class ReLUDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+# ------------------------------------------------------------------------- probes (probe.py)
+
+
+@probe.register("fast_dropout")
+def _probe_dropout() -> tuple[object, str]:
+    noise = dropout_noise((257,), 0.25)
+    kept = _LEVELS / (_LEVELS - round(0.25 * _LEVELS))
+    if not bool(((noise == 0) | (noise == kept)).all()) or not 0 < int((noise == 0).sum()) < 257:
+        return None, "the 16-bit dropout noise is not 0 or 1/keep"
+    return True, "dropout draws 16 random bits per element"
+
+
+@probe.register("fast_tanh")
+def _probe_tanh() -> tuple[object, str]:
+    x = torch.linspace(-9, 9, 97)
+    if not torch.allclose(sigmoid_tanh_(x.clone()), torch.tanh(x), rtol=0, atol=1e-6):
+        return None, "2 sigmoid(2x) - 1 disagrees with torch.tanh"
+    return True, "tanh of big tensors as 2 sigmoid(2x) - 1"

@@ -25,6 +25,38 @@ from torch.autograd.function import once_differentiable
 
 from seq2seq.kernels import probe
 
+
+@probe.register("onednn_linear")
+def _probe_linear() -> tuple[object, str]:
+    if not torch.backends.mkldnn.is_available():
+        return None, "this PyTorch build has no oneDNN"
+    op = probe.find_op("mkldnn", "_linear_pointwise")
+    if op is None:
+        return None, "torch.ops.mkldnn._linear_pointwise is missing from this PyTorch"
+    x, weight, bias = probe.tiny(3, 8), probe.tiny(5, 8), probe.tiny(5)
+    if not torch.allclose(op(x, weight, bias, "none", [], ""), F.linear(x, weight, bias), rtol=1e-4, atol=1e-5):
+        return None, "oneDNN's linear disagrees with F.linear"
+    return op, "oneDNN linear runs float32 products"
+
+
+def _probe_packed(dtype: torch.dtype) -> tuple[object, str]:
+    linear_op = probe.get("onednn_linear")
+    if linear_op is None:
+        return None, "needs onednn_linear"
+    reorder = probe.find_op("mkldnn", "_reorder_linear_weight")
+    if reorder is None:
+        return None, "torch.ops.mkldnn._reorder_linear_weight is missing from this PyTorch"
+    x, weight, bias = (probe.tiny(*shape, dtype=dtype) for shape in ((3, 8), (5, 8), (5,)))
+    got = linear_op(x, reorder(weight, 3), bias, "none", [], "")
+    tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    if got.dtype != dtype or not torch.allclose(got.float(), F.linear(x, weight, bias).float(), **tolerance):
+        return None, f"oneDNN's packed {dtype} weights disagree with F.linear"
+    return reorder, f"oneDNN packs {str(dtype).removeprefix('torch.')} weights for decoding"
+
+
+probe.register("onednn_packed_fp32")(lambda: _probe_packed(torch.float32))
+probe.register("onednn_packed_bf16")(lambda: _probe_packed(torch.bfloat16))
+
 def uses_onednn(x: Tensor, weight: Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
     """Whether ``linear(x, weight)`` runs on oneDNN (``dtypes``: those it is wanted for)."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in dtypes
@@ -62,8 +94,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 def matmul_tn(a: Tensor, b: Tensor) -> Tensor:
     """a.T @ b for a [M,N] and b [M,K] -> [N,K] (a weight's gradient), on oneDNN where ``linear``
-    would use it. oneDNN was fastest with the wider of N and K as its "weight" operand
-    (measured: 260-360 against 190-240 GFLOP/s the other way round)."""
+    would use it. oneDNN is fastest with the wider of N and K as its "weight" operand."""
     if not uses_onednn(a, b):
         return a.t() @ b
     if a.size(1) >= b.size(1):
@@ -92,8 +123,8 @@ class _OneDNNLinear(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias
 
 
-# Packed in bf16 too (a bf16 copy of a model decodes with bf16 weights): the blocked layout made
-# it 10-25 % faster at decoding's row counts where oneDNN multiplies bf16 natively.
+# Packed in bf16 too (a bf16 copy of a model decodes with bf16 weights): the blocked layout is
+# faster at decoding's row counts where oneDNN multiplies bf16 natively.
 _PACKED = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}
 
 

@@ -102,92 +102,24 @@ def find_op(namespace: str, name: str) -> Callable | None:
 
 
 # ------------------------------------------------------------------------- the probes
-# Each returns (value, reason): value None when the path must not be used. Exceptions count as
-# "raises" (see _run). Inputs are tiny and fixed, so a probe costs a millisecond or so.
+# Each module of this package registers its paths' probes (``@register``). A probe returns
+# (value, reason), value None when the path must not be used; an exception counts as "raises".
+# Inputs are tiny and fixed, so a probe costs a millisecond or so.
+
+PROBES: dict[str, Callable[[], tuple[Any, str]]] = {}
 
 
-def _tiny(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def register(name: str) -> Callable[[Callable[[], tuple[Any, str]]], Callable[[], tuple[Any, str]]]:
+    def add(check: Callable[[], tuple[Any, str]]) -> Callable[[], tuple[Any, str]]:
+        PROBES[name] = check
+        return check
+    return add
+
+
+def tiny(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A fixed small random tensor for a probe."""
     generator = torch.Generator().manual_seed(len(shape) * 7 + sum(shape))
     return torch.randn(*shape, generator=generator).to(dtype)
-
-
-def _probe_onednn_linear() -> tuple[Any, str]:
-    if not torch.backends.mkldnn.is_available():
-        return None, "this PyTorch build has no oneDNN"
-    op = find_op("mkldnn", "_linear_pointwise")
-    if op is None:
-        return None, "torch.ops.mkldnn._linear_pointwise is missing from this PyTorch"
-    x, weight, bias = _tiny(3, 8), _tiny(5, 8), _tiny(5)
-    if not torch.allclose(op(x, weight, bias, "none", [], ""), F.linear(x, weight, bias), rtol=1e-4, atol=1e-5):
-        return None, "oneDNN's linear disagrees with F.linear"
-    return op, "oneDNN linear runs float32 products"
-
-
-def _probe_packed(dtype: torch.dtype) -> tuple[Any, str]:
-    linear = get("onednn_linear")
-    if linear is None:
-        return None, "needs onednn_linear"
-    reorder = find_op("mkldnn", "_reorder_linear_weight")
-    if reorder is None:
-        return None, "torch.ops.mkldnn._reorder_linear_weight is missing from this PyTorch"
-    x, weight, bias = _tiny(3, 8, dtype=dtype), _tiny(5, 8, dtype=dtype), _tiny(5, dtype=dtype)
-    got = linear(x, reorder(weight, 3), bias, "none", [], "")
-    tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
-    if got.dtype != dtype or not torch.allclose(got.float(), F.linear(x, weight, bias).float(), **tolerance):
-        return None, f"oneDNN's packed {dtype} weights disagree with F.linear"
-    return reorder, f"oneDNN packs {str(dtype).removeprefix('torch.')} weights for decoding"
-
-
-def _probe_fast_dropout() -> tuple[Any, str]:
-    from seq2seq.kernels.fastops import dropout_noise
-
-    noise = dropout_noise((257,), 0.25)
-    kept = 65536 / (65536 - 16384)
-    if not bool(((noise == 0) | (noise == kept)).all()) or not 0 < int((noise == 0).sum()) < 257:
-        return None, "the 16-bit dropout noise is not 0 or 1/keep"
-    return True, "dropout draws 16 random bits per element"
-
-
-def _probe_fast_tanh() -> tuple[Any, str]:
-    from seq2seq.kernels.fastops import sigmoid_tanh_
-
-    x = torch.linspace(-9, 9, 97)
-    if not torch.allclose(sigmoid_tanh_(x.clone()), torch.tanh(x), rtol=0, atol=1e-6):
-        return None, "2 sigmoid(2x) - 1 disagrees with torch.tanh"
-    return True, "tanh of big tensors as 2 sigmoid(2x) - 1"
-
-
-def _probe_deferred_lstm() -> tuple[Any, str]:
-    if get("onednn_linear") is None:
-        return None, "needs onednn_linear"
-    from seq2seq.kernels.lstm_step import matches_nn_lstm
-
-    if not matches_nn_lstm():
-        return None, "DeferredLSTM's gradients disagree with nn.LSTM's"
-    return True, "LSTM decoder steps defer their weight gradients to one product"
-
-
-def _probe_bf16() -> tuple[Any, str]:
-    """Not a fast path: whether bf16 products run at all here (stock PyTorch), for the
-    precision checks; the result does not depend on the mode."""
-    x, weight = _tiny(3, 8), _tiny(5, 8)
-    got = F.linear(x.bfloat16(), weight.bfloat16()).float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = F.linear(x, weight).float()
-    expected = F.linear(x, weight)
-    if not (torch.allclose(got, expected, rtol=3e-2, atol=3e-2) and torch.allclose(autocast, expected, rtol=3e-2, atol=3e-2)):
-        return None, "bf16 products disagree with float32 ones"
-    return True, "bf16 products run"
-
-
-PROBES: dict[str, Callable[[], tuple[Any, str]]] = {
-    "onednn_linear": _probe_onednn_linear,
-    "onednn_packed_fp32": lambda: _probe_packed(torch.float32),
-    "onednn_packed_bf16": lambda: _probe_packed(torch.bfloat16),
-    "fast_dropout": _probe_fast_dropout,
-    "fast_tanh": _probe_fast_tanh,
-    "deferred_lstm": _probe_deferred_lstm,
-}
 
 
 def _run(probe: Callable[[], tuple[Any, str]]) -> Decision:
@@ -198,6 +130,20 @@ def _run(probe: Callable[[], tuple[Any, str]]) -> Decision:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return Decision(None, f"raises {type(exc).__name__}: {first_line[:160]}")
     return Decision(value, reason)
+
+
+def _probe_bf16() -> tuple[Any, str]:
+    """Not a fast path: whether bf16 products run at all here (stock PyTorch), for the
+    precision checks; the result does not depend on the mode."""
+    x, weight = tiny(3, 8), tiny(5, 8)
+    got = F.linear(x.bfloat16(), weight.bfloat16()).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = F.linear(x, weight).float()
+    expected = F.linear(x, weight)
+    close = {"rtol": 3e-2, "atol": 3e-2}
+    if not (torch.allclose(got, expected, **close) and torch.allclose(autocast, expected, **close)):
+        return None, "bf16 products disagree with float32 ones"
+    return True, "bf16 products run"
 
 
 _bf16: Decision | None = None

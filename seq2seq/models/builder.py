@@ -6,11 +6,12 @@ from torch import nn
 
 from seq2seq.config import ModelConfig, check_architecture
 from seq2seq.errors import UserError
+from seq2seq.models.interface import TrainableModel
 from seq2seq.models.rnn import RNNSeq2Seq
 from seq2seq.models.transformer import Transformer
 
 
-def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> nn.Module:
+def build_model(cfg: ModelConfig, src_vocab_size: int, tgt_vocab_size: int) -> TrainableModel:
     """A freshly initialised model for ``cfg``; raises UserError for unsupported combinations."""
     check_model_config(cfg, src_vocab_size, tgt_vocab_size)
     match cfg.arch:

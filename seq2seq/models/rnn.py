@@ -205,7 +205,7 @@ class RNNDecoder(nn.Module):
         ``rnn`` is the decoder's RNNLayers, whose nn.RNN/GRU/LSTM layers each take one step a
         call: their fused CPU kernel (oneDNN) beat both a hand-written cell and one whose
         embedding projection is computed for all positions at once (W_ih [y; h~] = W_y y +
-        W_h h~), by 30-45%, forward and backward; or, for an LSTM in training, ``DeferredLSTM``,
+        W_h h~), forward and backward; or, for an LSTM in training, ``DeferredLSTM``,
         which beats it by computing the weight gradients of all steps in one product (see
         lstm_step.py).
         """

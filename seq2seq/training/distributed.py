@@ -100,24 +100,3 @@ def broadcast_from_main(values: list[float], info: DistInfo, device: torch.devic
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
-
-
-class PreviousValue:
-    """A GPU scalar read one update late: ``swap(x)`` starts copying x to the host and returns
-    the value handed in at the previous call (0 at the first). Waiting for that copy never
-    waits for the update the device is working on now."""
-
-    def __init__(self) -> None:
-        self.pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
-
-    def swap(self, value: torch.Tensor) -> float:
-        previous = self.pending
-        host = torch.empty((), pin_memory=True)
-        host.copy_(value, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        self.pending = (host, done)
-        if previous is None:
-            return 0.0
-        previous[1].synchronize()
-        return float(previous[0])

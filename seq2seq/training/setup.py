@@ -19,7 +19,8 @@ from seq2seq.config import Config
 from seq2seq.data.prepare import PreparedData, prepare_data
 from seq2seq.errors import UserError
 from seq2seq.run_folder import CONFIG_FILE, CURVE_FILE, METRICS_FILE, REPORT_DIR, RESULTS_CSV, TENSORBOARD_DIR
-from seq2seq.training import checkpoint as ckpt
+from seq2seq import checkpoint as ckpt
+from seq2seq import run_folder
 from seq2seq.training.distributed import DistInfo, join_group, stop_all_if_main_failed
 from seq2seq.training.records import tensorboard_writer
 
@@ -76,8 +77,8 @@ def check_output_dir(cfg: Config, resume: bool, overwrite: bool) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"output_dir: {out} exists and is a file; choose a directory path")
     # A run that trained (metrics or checkpoints); a config.yaml alone is a run that failed early.
-    has_run = (out / METRICS_FILE).exists() or bool(ckpt.step_checkpoints(out))
-    if resume and not ckpt.step_checkpoints(out):
+    has_run = (out / METRICS_FILE).exists() or bool(run_folder.step_checkpoints(out))
+    if resume and not run_folder.step_checkpoints(out):
         instead = "start over with --overwrite" if has_run else "run without --resume"
         raise UserError(f"output_dir: {out} has no checkpoint to resume from; {instead}")
     if has_run and not resume and not overwrite:
@@ -100,7 +101,7 @@ def clear_earlier_run(out: Path) -> None:
     """--overwrite: delete what the earlier run wrote (checkpoints, records, its evaluations:
     they describe a model that is gone), once the new run is known to start (its data, model and
     optimizer built), so that bad input never costs the old run. The prepared data stays."""
-    for folder in (ckpt.checkpoint_dir(out), out / TENSORBOARD_DIR, out / REPORT_DIR):
+    for folder in (run_folder.checkpoint_dir(out), out / TENSORBOARD_DIR, out / REPORT_DIR):
         shutil.rmtree(folder, ignore_errors=True)
     for name in (METRICS_FILE, CURVE_FILE, CONFIG_FILE, RESULTS_CSV):
         (out / name).unlink(missing_ok=True)

@@ -1,6 +1,6 @@
-"""``attn train``: the training loop, read top to bottom.
+"""The training loop, read top to bottom (run.py's ``train`` sets it up and starts it).
 
-train()                      set up, then loop over optimizer updates:
+Trainer.run()                loop over optimizer updates:
   update_batches()           the micro-batches of one update, from the length-bucketed sampler
   optimizer_step()
     accumulate_gradients()   forward/backward each micro-batch; leave in .grad the gradient of
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -30,28 +29,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from seq2seq.config import Config, dump_config
+from seq2seq.config import Config
 from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.prepare import PreparedData
 from seq2seq.data.special import PAD_ID
 from seq2seq.errors import TrainingStopped, UserError
-from seq2seq.files import missing_folders, removed_if_failed, write_text_atomic
+from seq2seq.host_copies import DelayedCopy
 from seq2seq.kernels.optim import step_unless
-from seq2seq.models.builder import build_model, describe_model
-from seq2seq.run_folder import CONFIG_FILE, METRICS_FILE, TENSORBOARD_DIR, read_metrics
-from seq2seq.training import checkpoint as ckpt
+from seq2seq.models.builder import build_model
+from seq2seq.run_folder import METRICS_FILE, read_metrics
+from seq2seq import checkpoint as ckpt
+from seq2seq import run_folder
 from seq2seq.training.budget import TimeBudget
 from seq2seq.training.data_order import accumulation_steps, uneven_update_warning, update_batches
-from seq2seq.training.distributed import (DistInfo, PreviousValue, all_gather_objects, all_reduce_sum,
-                                          broadcast_from_main, cleanup, dist_info)
+from seq2seq.training.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_from_main
 from seq2seq.training.loss import projected_smoothed_nll
 from seq2seq.training.progress import Progress, Window
 from seq2seq.training.records import MetricsLog, trim_metrics
 from seq2seq.training.run_state import RunState, TrainSummary
 from seq2seq.training.schedule import Plateau, lr_at
-from seq2seq.training.setup import (autocast_context, build_optimizer, clear_earlier_run, prepare_run,
-                                    seed_everything, set_up_process)
-from seq2seq.training.signals import interrupt_handler
+from seq2seq.training.setup import autocast_context, build_optimizer
 
 
 class Trainer:
@@ -96,7 +93,7 @@ class Trainer:
         self.records = MetricsLog(self.out, info.is_main)
         self.saved_step = -1  # the step of the newest checkpoint this run wrote or resumed from
         self.validated_step = -1
-        self.interrupt_flag = PreviousValue()  # DDP on a GPU: see stop_requested
+        self.interrupt_flags = DelayedCopy()  # DDP on a GPU: see stop_requested
 
     # --- checkpoints ------------------------------------------------------------
 
@@ -115,9 +112,9 @@ class Trainer:
         if not self.info.is_main:
             return
         payload = self.checkpoint_payload(rng_states)
-        ckpt.save_atomic(payload, ckpt.step_checkpoint_path(self.out, self.state.step))
+        ckpt.save_atomic(payload, run_folder.step_checkpoint_path(self.out, self.state.step))
         if best:
-            ckpt.save_atomic(payload, ckpt.checkpoint_dir(self.out) / ckpt.BEST_NAME)
+            ckpt.save_atomic(payload, run_folder.checkpoint_dir(self.out) / run_folder.BEST_NAME)
         ckpt.prune_step_checkpoints(self.out, self.cfg.train.keep_last)
 
     def resume(self) -> None:
@@ -256,7 +253,8 @@ class Trainer:
             return self.interrupted or self.budget.out_of_time()
         if self.device.type != "cuda":
             return bool(figures["interrupt"] > 0)
-        return self.interrupt_flag.swap(figures["interrupt"]) > 0
+        previous = self.interrupt_flags.swap(figures["interrupt"])
+        return previous is not None and bool(previous > 0)
 
     def estimate_validation(self) -> None:
         """With a time budget, keep the final validation's length at its end: the last one's
@@ -347,7 +345,7 @@ class Trainer:
             self.save()
         unvalidated = None
         if self.state.step and self.validated_step != self.state.step:
-            unvalidated = ckpt.step_checkpoint_path(self.out, self.state.step)
+            unvalidated = run_folder.step_checkpoint_path(self.out, self.state.step)
         return TrainSummary(self.out, self.state.step, self.state.best_step, self.state.best_score,
                             metric, stopped_because, interrupted=self.interrupted, is_main=self.info.is_main,
                             unvalidated=unvalidated)
@@ -366,7 +364,7 @@ class Trainer:
                 if self.saved_step != self.state.step:
                     self.save(alone=True)
                 self.log(f"validation at step {self.state.step} failed; the model of that step is saved in "
-                         f"{ckpt.step_checkpoint_path(self.out, self.state.step)}")
+                         f"{run_folder.step_checkpoint_path(self.out, self.state.step)}")
                 raise
             if result is None:
                 self.log(f"validation at step {self.state.step} abandoned: stopping")
@@ -400,66 +398,3 @@ class Trainer:
         progress.validation(record, metric)
         self.records.plot()
         return improved
-
-
-
-# ------------------------------------------------------------------------- entry point
-
-
-def train(cfg: Config, resume: bool = False, overwrite: bool = False,
-          log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), quiet: bool = False) -> TrainSummary:
-    """Run (or continue) the training described by ``cfg``; returns where it ended."""
-    info = dist_info()
-    # A run refused before it wrote anything leaves no empty output_dir behind it.
-    created = missing_folders(Path(cfg.output_dir)) if info.is_main else []
-    try:
-        with removed_if_failed(created):
-            return _train_in_group(cfg, info, resume, overwrite, log, quiet)
-    finally:
-        cleanup(info)
-
-
-def _train_in_group(cfg: Config, info: DistInfo, resume: bool, overwrite: bool, log: Callable[[str], None],
-                    quiet: bool) -> TrainSummary:
-    """``train`` within the process group (under torchrun) and the folder clean-up."""
-    main_log = log if info.is_main else (lambda m: None)
-    device = set_up_process(cfg, info, main_log)
-    out, prepared, writer = prepare_run(cfg, info, resume, overwrite, main_log)
-    seed_everything(cfg.train.seed)
-    trainer = Trainer(cfg, prepared, info, device, main_log)
-    if resume:
-        trainer.resume()
-    # Only now that this run surely starts does the output folder change.
-    if info.is_main:
-        if overwrite:  # (with --resume it was refused above)
-            clear_earlier_run(out)
-        write_text_atomic(out / CONFIG_FILE, dump_config(cfg))
-        if writer is not None:
-            trainer.records.tensorboard = writer(log_dir=str(out / TENSORBOARD_DIR))
-    main_log(f"model: {describe_model(trainer.model)}")
-    main_log(f"training on {device} x{info.world_size}: {len(trainer.train_data):,} pairs, "
-             f"{trainer.accumulation} micro-batch(es) of <= {cfg.train.batch_tokens} tokens per update "
-             f"and rank, up to {cfg.train.max_steps} updates"
-             + (f" or {cfg.train.max_minutes:g} minutes" if cfg.train.max_minutes else "")
-             + f" -> {cfg.output_dir}")
-    progress = Progress(cfg.train.max_steps, enabled=info.is_main and not quiet)
-    with interrupt_handler(trainer):
-        try:
-            summary = trainer.run(progress)
-        except TrainingStopped:
-            trainer.save()
-            raise
-        except torch.OutOfMemoryError:
-            raise UserError(
-                f"out of memory at step {trainer.state.step} with train.batch_tokens="
-                f"{cfg.train.batch_tokens}; lower train.batch_tokens (raise train.update_tokens to keep "
-                "the update size)") from None
-        finally:
-            progress.finish()  # before a summary or an error line
-    if info.is_main:
-        trainer.records.plot()
-        if trainer.records.tensorboard is not None:
-            trainer.records.tensorboard.close()
-    return summary
-
-

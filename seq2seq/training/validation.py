@@ -15,19 +15,20 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from seq2seq.config import Config
 from seq2seq.data.batching import TokenBatchSampler, collate
 from seq2seq.data.corpus import corpus_paths, read_lines
 from seq2seq.data.prepare import PreparedData
-from seq2seq.decoding.translator import TranslateSettings, Translator
+from seq2seq.decoding.settings import TranslateSettings
+from seq2seq.decoding.translator import Translator
 from seq2seq.evaluation.metrics import score_corpus
+from seq2seq.models.interface import TrainableModel
 from seq2seq.training.loss import label_smoothed_nll
 
 
 @torch.inference_mode()
-def validation_loss(model: nn.Module, prepared: PreparedData, batch_tokens: int, device: torch.device) -> tuple[float, int]:
+def validation_loss(model: TrainableModel, prepared: PreparedData, batch_tokens: int, device: torch.device) -> tuple[float, int]:
     """Mean NLL per target token on the valid split (no label smoothing, no dropout).
 
     The valid split is not length-filtered, so pairs that a model with learned positions cannot
@@ -35,7 +36,7 @@ def validation_loss(model: nn.Module, prepared: PreparedData, batch_tokens: int,
     rather than stopping the run; the translation half of validation cuts such sources."""
     data = prepared.dataset("valid")
     pairs = np.arange(len(data.src_lengths))
-    limit = getattr(model, "max_positions", None)
+    limit = model.max_positions
     if limit is not None:
         pairs = np.flatnonzero((data.src_lengths < limit) & (data.tgt_lengths < limit))
     sampler = TokenBatchSampler(data.src_lengths[pairs], data.tgt_lengths[pairs], batch_tokens, seed=0, shuffle=False)
@@ -53,7 +54,7 @@ def validation_loss(model: nn.Module, prepared: PreparedData, batch_tokens: int,
 ABANDON_CHECK_SENTENCES = 1000
 
 
-def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torch.device,
+def validate(model: TrainableModel, prepared: PreparedData, cfg: Config, device: torch.device,
              abandon: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
     """Loss, perplexity, BLEU and chrF on the valid split; None if ``abandon()`` turned true
     on the way (Ctrl-C: the checkpoint is not kept waiting for a long validation)."""
@@ -85,7 +86,7 @@ def validate(model: nn.Module, prepared: PreparedData, cfg: Config, device: torc
     }
 
 
-def valid_translator(model: nn.Module, prepared: PreparedData, cfg: Config) -> Translator:
+def valid_translator(model: TrainableModel, prepared: PreparedData, cfg: Config) -> Translator:
     """The translator validation uses: the decode section, with train.valid_beam_size."""
     tok = prepared.tokenizer
     settings = dataclasses.replace(TranslateSettings.from_config(cfg.decode), beam_size=cfg.train.valid_beam_size)
@@ -97,7 +98,7 @@ def valid_translator(model: nn.Module, prepared: PreparedData, cfg: Config) -> T
 ESTIMATE_SENTENCES = 16
 
 
-def estimate_validation_seconds(model: nn.Module, prepared: PreparedData, cfg: Config, device: torch.device) -> float:
+def estimate_validation_seconds(model: TrainableModel, prepared: PreparedData, cfg: Config, device: torch.device) -> float:
     """About how long ``validate`` takes now: the loss as it is computed, plus the time of
     translating a few valid sentences scaled to all of them. An early model's outputs run to
     the length limit, so the estimate errs long, which is the safe side for a time budget."""

@@ -18,19 +18,18 @@ import pickletools
 import random
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from seq2seq import CHECKPOINT_FORMAT, __version__
 from seq2seq.errors import UserError
 from seq2seq.files import replaced_atomically
-# Where checkpoints live in a run folder: seq2seq/run_folder.py (names kept here for callers).
-from seq2seq.run_folder import (BEST_NAME, CHECKPOINT_DIR, checkpoint_dir, resolve_checkpoint,  # noqa: F401
-                                step_checkpoint_path, step_checkpoints)
+from seq2seq.run_folder import checkpoint_dir, step_checkpoints
 
 
 def run_payload(config: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
@@ -214,3 +213,44 @@ def newest_resumable(output_dir: Path, log: Callable[[str], None]) -> tuple[Path
             return path, payload
         log(f"warning: skipping {path}: no optimizer state to resume from (an averaged checkpoint?)")
     raise UserError(f"output_dir: no loadable checkpoint in {checkpoint_dir(output_dir)}")
+
+
+# ----------------------------------------------------------------- averaging
+
+
+def average_checkpoints(state_dicts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Element-wise mean of the floating-point tensors of several model state dicts.
+
+    Averaging the last checkpoints of a run smooths out the noise of the final updates.
+    Integer tensors and other values (counters, ids) cannot be averaged: they come from the
+    first dict. The inputs are left unchanged.
+    """
+    if not state_dicts:
+        raise UserError("no checkpoints to average; pass at least one checkpoint file")
+    first = state_dicts[0]
+    for number, other in enumerate(state_dicts[1:], start=2):
+        _check_same_parameters(first, other, number)
+    averaged = {}
+    for name, value in first.items():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            # Summing in float64 keeps the mean of identical tensors bit-identical.
+            total = sum(sd[name].double() for sd in state_dicts)
+            averaged[name] = (total / len(state_dicts)).to(value.dtype)
+        else:
+            averaged[name] = value.clone() if isinstance(value, Tensor) else value
+    return averaged
+
+
+def _check_same_parameters(first: dict[str, Any], other: dict[str, Any], number: int) -> None:
+    if other.keys() != first.keys():
+        differing = sorted(other.keys() ^ first.keys())
+        raise UserError(
+            f"checkpoint {number} has different parameters than checkpoint 1 "
+            f"(e.g. {differing[0]}); average only checkpoints of the same model"
+        )
+    for name, value in first.items():
+        if isinstance(value, Tensor) and value.shape != other[name].shape:
+            raise UserError(
+                f"checkpoint {number}: parameter {name} has shape {tuple(other[name].shape)} "
+                f"but {tuple(value.shape)} in checkpoint 1; average only checkpoints of the same model"
+            )

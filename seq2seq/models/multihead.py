@@ -1,0 +1,256 @@
+"""Multi-head attention for the Transformer: masks, the attention itself (SDPA, or explicit
+weights where they are wanted), self-attention with its key/value cache for step-by-step
+decoding, and cross-attention over the encoder's output.
+
+Masks are boolean, True = may attend. SDPA does not return its weights, so
+``attention_with_weights`` computes them explicitly for the layer whose weights are plotted.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from seq2seq.data.special import PAD_ID
+from seq2seq.kernels import Linear
+from seq2seq.kernels import dropout as fast_dropout
+
+def padding_mask(tokens: Tensor) -> Tensor:
+    """True on real tokens: [B,S] -> [B,S]."""
+    return tokens != PAD_ID
+
+
+def band_mask(
+    num_queries: int,
+    num_keys: int,
+    half_width: int | None,
+    causal: bool,
+    query_offset: int = 0,
+    device: torch.device | None = None,
+) -> Tensor:
+    """[T,S] True where query i, at position query_offset + i, may attend to key j.
+
+    Allowed: |i - j| <= half_width (None: any distance) and, when causal, j <= i.
+    """
+    queries = torch.arange(num_queries, device=device).unsqueeze(1) + query_offset
+    keys = torch.arange(num_keys, device=device)
+    allowed = torch.ones(num_queries, num_keys, dtype=torch.bool, device=device)
+    if half_width is not None:
+        allowed = (queries - keys).abs() <= half_width
+    if causal:
+        allowed = allowed & (keys <= queries)
+    return allowed
+
+
+def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
+    """[T,T] True where j <= i: a decoder position sees itself and the past."""
+    return band_mask(length, length, None, causal=True, device=device)
+
+
+def encoder_self_mask(src_mask: Tensor, half_width: int | None) -> Tensor:
+    """Encoder self-attention mask, [B,1,1,S] (full) or [B,1,S,S] (sliding window)."""
+    keys = src_mask[:, None, None, :]
+    if half_width is None:
+        return keys  # every row keeps EOS, so no row is fully masked
+    length = src_mask.size(1)
+    band = band_mask(length, length, half_width, causal=False, device=src_mask.device)
+    # A padding position far past the end sees only padding inside its band. A fully masked
+    # row makes SDPA return NaN, which later layers would spread (0 * NaN = NaN), so every
+    # position may always see itself. Real positions are unaffected: they are real keys.
+    itself = torch.eye(length, dtype=torch.bool, device=src_mask.device)
+    return (band & keys) | itself
+
+
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """[B,T,d] -> [B,heads,T,d/heads]."""
+    batch, length, dim = x.shape
+    return x.view(batch, length, heads, dim // heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """[B,heads,T,d/heads] -> [B,T,d]."""
+    batch, heads, length, head_dim = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+# Up to this many queries (decoding: one per row, or a sentence's beams), without autograd,
+# plain matmul + softmax beats SDPA's fused CPU kernel, which is made for long sequences.
+_FEW_QUERIES = 16
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, is_causal: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention``; ``mask`` is boolean (True = may attend) or an
+    additive float bias (0 / -inf).
+
+    On the CPU two cases run here instead: attention dropout (SDPA then falls back to its
+    unfused math path, whose dropout draws a Bernoulli number per weight; this is the same
+    math with the fast noise of ``fastops``), and decoding (see _FEW_QUERIES)."""
+    if q.device.type == "cpu":
+        if dropout > 0.0:
+            return attention_with_weights(q, k, v, mask, dropout, is_causal)[0]
+        if q.size(-2) <= _FEW_QUERIES and not (q.requires_grad or k.requires_grad or v.requires_grad):
+            return attention_with_weights(q, k, v, mask, 0.0, is_causal)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal)
+
+
+def attention_with_weights(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, is_causal: bool = False
+) -> tuple[Tensor, Tensor]:
+    """What SDPA computes, but also returning the weights [B,heads,T,S] (before dropout)."""
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
+    if is_causal:
+        mask = band_mask(q.size(-2), k.size(-2), None, causal=True, device=q.device)
+    if mask is not None:
+        # In place: the matmul's backward needs neither its output nor the scores.
+        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+    weights = scores.softmax(dim=-1)
+    return torch.matmul(fast_dropout(weights, dropout), v), weights
+
+
+def additive_mask(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Boolean mask (True = may attend) -> float bias, 0 where allowed and -inf elsewhere."""
+    return torch.zeros(mask.shape, device=mask.device, dtype=dtype).masked_fill_(~mask, float("-inf"))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection; optional cached past keys."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = Linear(dim, 3 * dim)
+        self.out = Linear(dim, dim)
+
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, is_causal: bool = False
+    ) -> tuple[Tensor, KVCache | None]:
+        """x [B,T,d] -> output [B,T,d]; with a cache (one new position), the cache grown by it."""
+        q, k, v = (split_heads(part, self.heads) for part in self.qkv(x).chunk(3, dim=-1))
+        if cache is not None:
+            cache = cache.append(k, v)
+            k, v = cache.keys_values()
+        dropout = self.dropout if self.training else 0.0
+        out = attend(q.to(k.dtype), k, v, mask, dropout, is_causal=is_causal).to(x.dtype)
+        return self.out(merge_heads(out)), cache
+
+
+class KVCache:
+    """One decoder layer's self-attention keys/values for the positions decoded so far.
+
+    Buffers [B, heads, capacity, d/heads] filled up to ``length``: appending a position
+    writes into the buffer (doubling it when full) instead of concatenating the whole past
+    at every step. ``append`` returns a new cache object over the same buffers, and so may
+    ``reorder_rows``, which copies only the rows that change when they are few (beam search,
+    whose beams mostly stay in their rows). So a state must be stepped from or reordered only
+    once, as every search does.
+    """
+
+    __slots__ = ("keys", "values", "length")
+
+    def __init__(self, keys: Tensor, values: Tensor, length: int):
+        self.keys, self.values, self.length = keys, values, length
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, head_dim: int, like: Tensor, capacity: int = 16) -> KVCache:
+        # On the CPU a bf16 cache would cost more than it saves: the bf16 batched matmul
+        # copies the cache's strided view to a contiguous one at every step. So a bf16 model
+        # keeps a float32 cache, and SelfAttention casts its query to the cache's dtype.
+        dtype = torch.float32 if like.device.type == "cpu" and like.dtype == torch.bfloat16 else like.dtype
+        buffer = like.new_empty(batch, heads, capacity, head_dim, dtype=dtype)
+        return cls(buffer, torch.empty_like(buffer), 0)
+
+    def append(self, k: Tensor, v: Tensor) -> KVCache:
+        """k, v [B, heads, n, d/heads] -> a cache with n more positions."""
+        keys, values, length = self.keys, self.values, self.length
+        end = length + k.size(2)
+        if end > keys.size(2):
+            capacity = max(2 * keys.size(2), end)
+            grown = [t.new_empty(t.size(0), t.size(1), capacity, t.size(3)) for t in (keys, values)]
+            for new, old in zip(grown, (keys, values)):
+                new[:, :, :length] = old[:, :, :length]
+            keys, values = grown
+        keys[:, :, length:end] = k
+        values[:, :, length:end] = v
+        return KVCache(keys, values, end)
+
+    def keys_values(self) -> tuple[Tensor, Tensor]:
+        """Views [B, heads, length, d/heads] of the filled part."""
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def reorder_rows(self, indices: Tensor, moved: Tensor | None = None) -> KVCache:
+        """The cache of rows ``indices``; ``moved`` is ``moved_rows(indices)`` if the caller has
+        it already (every layer's cache moves the same rows)."""
+        rows = indices.numel()
+        if rows <= self.keys.size(0):
+            # Beam search keeps most beams in their own row (search_helpers.keep_parents_in_place), so
+            # only the rows that changed are copied, within the same buffers. That reads and
+            # writes them twice (through a temporary), so it pays up to half the rows.
+            if moved is None:
+                moved = moved_rows(indices)
+            if 2 * moved.numel() <= rows:
+                for buffer in (self.keys, self.values):
+                    filled = buffer[:, :, : self.length]
+                    filled.index_copy_(0, moved, filled.index_select(0, indices[moved]))
+                return KVCache(self.keys[:rows], self.values[:rows], self.length)
+        # New buffers of the same capacity, so there is room to append, but only the filled
+        # part is copied (up to half a buffer is empty).
+        copies = []
+        for buffer in (self.keys, self.values):
+            new = buffer.new_empty(rows, *buffer.shape[1:])
+            torch.index_select(buffer[:, :, : self.length], 0, indices, out=new[:, :, : self.length])
+            copies.append(new)
+        return KVCache(*copies, self.length)
+
+
+def moved_rows(indices: Tensor) -> Tensor:
+    """The rows i where ``indices[i] != i``: those a reorder by ``indices`` changes. (Their
+    number decides how a cache is reordered: on a GPU, a wait for the device.)"""
+    return (indices != torch.arange(indices.numel(), device=indices.device)).nonzero().squeeze(1)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from decoder positions to the encoder output (the memory)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.query = Linear(dim, dim)
+        self.key_value = Linear(dim, 2 * dim)
+        self.out = Linear(dim, dim)
+
+    def memory_keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Project the memory once per sentence: [B,S,d] -> keys, values [B,heads,S,d/heads]."""
+        k, v = self.key_value(memory).chunk(2, dim=-1)
+        return split_heads(k, self.heads), split_heads(v, self.heads)
+
+    def forward(
+        self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor, need_weights: bool = False,
+        group: int = 1,
+    ) -> tuple[Tensor, Tensor | None]:
+        """x [B,T,d] -> output [B,T,d], and weights [B,heads,T,S] when need_weights.
+
+        ``group`` > 1 (decoding, T = 1): keys, values and mask have one entry per group of
+        ``group`` consecutive rows of x (a sentence's beams); the group's rows attend as that
+        many queries of their one entry, so the memory is never copied per row.
+        """
+        batch, length, dim = x.shape
+        if group > 1:
+            x = x.reshape(batch // group, group * length, dim)
+        q = split_heads(self.query(x), self.heads)
+        dropout = self.dropout if self.training else 0.0
+        if need_weights:
+            out, weights = attention_with_weights(q, keys, values, mask, dropout)
+        else:
+            out = attend(q, keys, values, mask, dropout)
+            weights = None
+        out = merge_heads(out)
+        if group > 1:
+            out = out.reshape(batch, length, dim)
+            if weights is not None:  # [B/g, heads, g, S] -> [B, heads, 1, S]
+                weights = weights.transpose(1, 2).reshape(batch, length, self.heads, -1).transpose(1, 2)
+        return self.out(out), weights
