@@ -235,12 +235,9 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress output.")] = False,
 ) -> None:
     """Train a model (tokenizes first when the prepared data is missing or stale)."""
-    from seq2seq import kernels
     from seq2seq.training.run import train as run_training
 
     cfg = load(config, set_)
-    kernels.configure(cfg.train.cpu_kernels)
-    kernels.tune_process()  # before any model runs: oneDNN reads its cache caps once
     summary = run_training(cfg, resume=resume, overwrite=overwrite, log=eprint, quiet=quiet)
     if summary.is_main:  # (under torchrun only rank 0 validates, so only it can say)
         best = (f"best valid {summary.metric} {summary.best_score:.2f} at step {summary.best_step}"
@@ -250,8 +247,9 @@ def train(
             from seq2seq.data.corpus import corpus_paths
 
             src, ref = corpus_paths(cfg.data.valid, cfg.data.src_lang, cfg.data.tgt_lang)
+            report = summary.output_dir / f"eval_valid_step_{summary.steps}"  # not the test set's eval/
             eprint(f"note: the final model was never validated (best.pt is the best validated one); score it with "
-                   f"`attn evaluate --checkpoint {summary.unvalidated} --src {src} --ref {ref}`")
+                   f"`attn evaluate --checkpoint {summary.unvalidated} --src {src} --ref {ref} --report-dir {report}`")
     if summary.interrupted:  # so that `attn train ... && attn evaluate ...` stops here
         raise typer.Exit(130)
 
@@ -361,7 +359,7 @@ def translate(
     if sample and top_p <= 0:
         raise UserError(f"--top-p {top_p}: must be above 0 (1 keeps every piece)")
     model, loaded = open_model(checkpoint, tokenizer, device, which.value)
-    use_cpu_kernels(loaded.config, cpu_kernels and cpu_kernels.value)
+    use_cpu_kernels(loaded.config, cpu_kernels and cpu_kernels.value, device)
     if output is not None and output.is_file():  # translations must not replace what is being read
         from seq2seq.run_folder import resolve_checkpoint
 

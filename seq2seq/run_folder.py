@@ -90,6 +90,8 @@ def resolve_checkpoint(path: str | Path, which: str = "best", warn: Callable[[st
     """
     path = Path(path)
     if not path.is_dir():
+        if which == "last" and warn is not None:
+            warn(f"--which last: {path} is a checkpoint file, not a run folder; using it as given")
         return path
     folder = checkpoint_dir(path) if checkpoint_dir(path).is_dir() else path
     best, steps = folder / BEST_NAME, _steps_in(folder)

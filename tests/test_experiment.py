@@ -43,7 +43,7 @@ def test_a_point_is_finished_only_with_the_config_it_has_now(tmp_path, tiny_corp
 
 def test_an_interrupted_point_is_not_scored(tmp_path, tiny_corpus, monkeypatch):
     import seq2seq.evaluation.evaluate as evaluate
-    import seq2seq.training.trainer as trainer
+    import seq2seq.training.run as trainer
 
     sweep = load_sweep(write_sweep(tmp_path, tiny_corpus, max_steps=3))
     interrupted = TrainSummary(sweep.points[0].output_dir, 2, 0, None, "bleu", "interrupted at step 2",
@@ -63,7 +63,7 @@ def finished_summary(point) -> TrainSummary:
 def test_a_changed_point_loses_its_old_report_before_it_trains(tmp_path, tiny_corpus, monkeypatch):
     """Otherwise a changed point interrupted mid-training (its new config.yaml already written)
     counted as finished on the next run, with the old config's score."""
-    import seq2seq.training.trainer as trainer
+    import seq2seq.training.run as trainer
 
     (point,) = load_sweep(write_sweep(tmp_path, tiny_corpus, max_steps=3)).points
     pretend_finished(point)
@@ -79,7 +79,7 @@ def test_points_are_scored_with_their_own_decode_settings(tmp_path, tiny_corpus,
     """A sweep over decode.* settings must decode with them, not with the checkpoint's."""
     import seq2seq.evaluation.evaluate as evaluate
     import seq2seq.experiment as experiment
-    import seq2seq.training.trainer as trainer
+    import seq2seq.training.run as trainer
 
     path = write_sweep(tmp_path, tiny_corpus, max_steps=3)
     path.write_text(path.read_text().replace("model.attention: [dot]", "decode.beam_size: [2, 3]"))
@@ -106,7 +106,7 @@ def test_points_are_scored_on_the_device_they_trained_on(tmp_path, tiny_corpus, 
 
     import seq2seq.evaluation.evaluate as evaluate
     import seq2seq.experiment as experiment
-    import seq2seq.training.trainer as trainer
+    import seq2seq.training.run as trainer
 
     path = write_sweep(tmp_path, tiny_corpus, max_steps=3)
     path.write_text(path.read_text().replace("train.device: cpu", f"train.device: {train_device}"))
@@ -130,7 +130,7 @@ def test_points_are_scored_on_the_device_they_trained_on(tmp_path, tiny_corpus, 
 def test_a_failing_point_does_not_stop_the_others(tmp_path, tiny_corpus, monkeypatch):
     import seq2seq.evaluation.evaluate as evaluate
     import seq2seq.experiment as experiment
-    import seq2seq.training.trainer as trainer
+    import seq2seq.training.run as trainer
     from seq2seq.errors import UserError
 
     path = write_sweep(tmp_path, tiny_corpus, max_steps=3)

@@ -221,3 +221,18 @@ def test_a_validation_that_fails_leaves_a_checkpoint_of_its_step(tiny_corpus, tm
     resumed = train(tiny_corpus.config(out, "train.max_steps=6", "train.valid_every=100"), resume=True,
                     log=lambda m: None, quiet=True)
     assert resumed.steps == 6
+
+
+def test_records_that_fail_after_a_validation_leave_a_checkpoint_of_its_step(tiny_corpus, tmp_path, monkeypatch):
+    """The learning curve drawn after a validation (a full disk, a broken font cache) fails
+    before the step's checkpoint is written: that checkpoint is written first."""
+    import seq2seq.training.records as records
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.MetricsLog, "plot", broken)
+    out = tmp_path / "run"
+    with pytest.raises(OSError):
+        train(tiny_corpus.config(out, "train.max_steps=6", "train.valid_every=3"), log=lambda m: None, quiet=True)
+    assert ckpt.load_checkpoint(run_folder.step_checkpoint_path(out, 3))["run_state"]["step"] == 3

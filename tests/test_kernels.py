@@ -156,7 +156,11 @@ def test_bf16_that_cannot_run_is_refused_by_name(monkeypatch):
     no_bf16(monkeypatch)
     with pytest.raises(UserError, match=r"^decode.precision: bf16 does not run on this CPU .*; use fp32$"):
         kernels.check_bf16(torch.device("cpu"), "decode.precision")
+    # A GPU is not probed: from compute capability 8.0 on it multiplies bf16 natively.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert kernels.check_bf16(torch.device("cuda"), "decode.precision") is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    assert "this GPU (compute capability below 8.0) emulates bf16" in kernels.check_bf16(torch.device("cuda"), "k")
 
 
 def test_training_in_bf16_that_cannot_run_writes_nothing(monkeypatch, tiny_corpus, tmp_path):
@@ -209,3 +213,31 @@ def test_a_non_finite_update_is_skipped_whether_or_not_found_inf_is_honoured(mon
         before = param.detach().clone()
         optim.step_unless(optimizer, torch.tensor(bad))
         assert (not torch.equal(param, before)) == changes
+
+
+def test_the_probe_decides_the_same_whatever_mode_its_first_caller_is_in():
+    """The decision is kept for the process: a first caller without gradients or under autocast
+    must not turn a path down for everyone."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = {name: bool(decision) for name, decision in kernels.decisions().items()}
+    probe.reset()
+    assert inside == {name: bool(decision) for name, decision in kernels.decisions().items()}
+
+
+def test_an_lstm_trains_under_bf16_autocast_on_every_cpu(monkeypatch):
+    """oneDNN's bf16 LSTM kernel needs AVX-512; where it is missing (or forced missing here) the
+    RNN calls run in float32 and the rest of the model in bf16: no traceback."""
+    from seq2seq.models import rnn_layers
+
+    for runs in (True, False):
+        if runs and not rnn_layers.bf16_rnn_runs():
+            continue  # this CPU has no bf16 RNN kernel: only the fallback can run here
+        monkeypatch.setattr(rnn_layers, "bf16_rnn_runs", lambda: runs)
+        cfg = ModelConfig(arch="lstm", embed_dim=8, hidden_dim=8, encoder_layers=2, decoder_layers=2,
+                          attention="general", decoder_style="luong", input_feeding=True)
+        model = build_model(cfg, 20, 20)
+        src, tgt = torch.randint(4, 20, (3, 6)), torch.randint(4, 20, (3, 5))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(src, tgt)
+        logits.float().log_softmax(-1).mean().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

@@ -169,6 +169,7 @@ def test_rnn_call_on_a_gpu_runs_outside_autocast_in_the_weights_dtype(monkeypatc
     x = torch.randn(2, 3, 4).bfloat16()  # what an autocast layer before the RNN hands it
     h = torch.randn(1, 2, 5).bfloat16()
     hx = (h, h) if cell == "lstm" else h
+    monkeypatch.setattr(rnn_layers, "bf16_rnn_runs", lambda: True)  # a CPU with a bf16 RNN kernel
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert rnn_layers.rnn_call(module, x, hx)[0].dtype == torch.bfloat16  # the CPU: autocast decides
         force_gpu_rule(monkeypatch, "runs_outside_autocast")

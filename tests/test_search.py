@@ -358,6 +358,7 @@ def test_translator_in_bf16_decodes_a_copy_and_scores_like_the_fp32_model(model,
 def test_translator_never_runs_the_model_for_empty_lines():
     class Unusable(torch.nn.Module):
         tgt_vocab_size = 12
+        max_positions = None
 
         def encode(self, src):
             raise AssertionError("the model should not run")

@@ -85,3 +85,25 @@ def test_translate_warns_of_the_newer_model_and_which_last_takes_it(interrupted_
     assert last.stdout == step_5.stdout
     folder = run_attn("translate", "-c", run_folder.checkpoint_dir(interrupted_run), *common, cwd=tmp_path)
     assert folder.returncode == 0 and folder.stdout == best.stdout
+
+
+def test_the_reserve_for_the_final_validation_is_at_most_half_the_budget():
+    from seq2seq.training.budget import TimeBudget
+
+    assert TimeBudget(2.0).capped(30.0) == 30.0
+    assert TimeBudget(2.0).capped(500.0) == 60.0
+    assert TimeBudget(None).capped(500.0) == 500.0
+
+
+def test_resuming_a_finished_run_does_not_call_its_validated_model_unvalidated(interrupted_run, tiny_corpus,
+                                                                                tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(interrupted_run, out)
+    first = train(tiny_corpus.config(out, "train.max_steps=6", "train.valid_every=3"), resume=True,
+                  log=lambda m: None, quiet=True)
+    assert first.steps == 6 and first.unvalidated is None  # step 6 ends at max_steps: validated
+    again = train(tiny_corpus.config(out, "train.max_steps=6", "train.valid_every=3"), resume=True,
+                  log=lambda m: None, quiet=True)
+    assert again.steps == 6 and again.unvalidated is None

@@ -86,72 +86,58 @@ def _one_token_per_step(
     nothing and write PAD, so the outputs are the same.
     """
     with attention_wanted(model, return_attention):
-        return _one_token_per_step_loop(model, src, max_len_a, max_len_b, min_len, choose, return_attention,
-                                        drop_finished)
+        batch_size = src.size(0)
+        device = src.device
+        src_lens = source_lengths(src)
+        max_lens = max_output_length(src_lens, max_len_a, max_len_b, model.max_positions)
+        shortest, longest = length_limits(max_lens)
+        steps = longest + 1
+        delayed = DelayedCopy() if search_helpers.reads_late(device) else None
+        state = model.init_state(model.encode(src))
+        prev = src.new_full((batch_size,), BOS_ID)
+        rows = torch.arange(batch_size, device=device)  # the sentence of each live row
+        scores = torch.zeros(batch_size, device=device)
+        finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        chosen = src.new_full((batch_size, steps), PAD_ID)
+        attentions = None
+        for num_pieces in range(steps):
+            logits, state, attention = model.step(prev, state)
+            log_probs = restrict_next_tokens(step_log_probs(logits), num_pieces, min_len, max_lens, shortest)
+            token = choose(log_probs)
+            # Finished rows still in the batch score nothing and write PAD.
+            step_scores = log_probs.gather(1, token.unsqueeze(1)).squeeze(1).masked_fill(finished, 0.0)
+            token = token.masked_fill(finished, PAD_ID)
+            live = rows.numel()
+            if live == batch_size:
+                scores += step_scores
+                chosen[:, num_pieces] = token
+            else:
+                scores.index_add_(0, rows, step_scores)
+                chosen[rows, num_pieces] = token
+            if return_attention and attention is not None:
+                if attentions is None:
+                    attentions = attention.new_zeros((batch_size, steps, attention.size(-1)), dtype=torch.float)
+                attentions[rows, num_pieces] = attention.float()
+            finished |= token == EOS_ID
+            prev = token
+            # Which rows had ended: now on the CPU, as of the step before on a GPU (None: not known yet).
+            ended = finished if delayed is None else delayed.swap(finished)
+            if ended is None:
+                continue
+            num_finished = int(ended.sum())
+            if num_finished == ended.numel():
+                break
+            if drop_finished and 4 * num_finished >= ended.numel():
+                keep = host_to_device(rows_that_stay(ended), device)
+                state = model.reorder(state, keep)
+                rows, max_lens, prev, finished = rows[keep], max_lens[keep], prev[keep], finished[keep]
+                if delayed is not None:
+                    delayed.forget()
 
-
-def _one_token_per_step_loop(
-    model: Seq2SeqModel,
-    src: Tensor,
-    max_len_a: float,
-    max_len_b: int,
-    min_len: int,
-    choose: Callable[[Tensor], Tensor],
-    return_attention: bool,
-    drop_finished: bool,
-) -> list[Hypothesis]:
-    batch_size = src.size(0)
-    device = src.device
-    src_lens = source_lengths(src)
-    max_lens = max_output_length(src_lens, max_len_a, max_len_b, model.max_positions)
-    shortest, longest = length_limits(max_lens)
-    steps = longest + 1
-    delayed = DelayedCopy() if search_helpers.reads_late(device) else None
-    state = model.init_state(model.encode(src))
-    prev = src.new_full((batch_size,), BOS_ID)
-    rows = torch.arange(batch_size, device=device)  # the sentence of each live row
-    scores = torch.zeros(batch_size, device=device)
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    chosen = src.new_full((batch_size, steps), PAD_ID)
-    attentions = None
-    for num_pieces in range(steps):
-        logits, state, attention = model.step(prev, state)
-        log_probs = restrict_next_tokens(step_log_probs(logits), num_pieces, min_len, max_lens, shortest)
-        token = choose(log_probs)
-        # Finished rows still in the batch score nothing and write PAD.
-        step_scores = log_probs.gather(1, token.unsqueeze(1)).squeeze(1).masked_fill(finished, 0.0)
-        token = token.masked_fill(finished, PAD_ID)
-        live = rows.numel()
-        if live == batch_size:
-            scores += step_scores
-            chosen[:, num_pieces] = token
-        else:
-            scores.index_add_(0, rows, step_scores)
-            chosen[rows, num_pieces] = token
-        if return_attention and attention is not None:
-            if attentions is None:
-                attentions = attention.new_zeros((batch_size, steps, attention.size(-1)), dtype=torch.float)
-            attentions[rows, num_pieces] = attention.float()
-        finished |= token == EOS_ID
-        prev = token
-        # Which rows had ended: now on the CPU, as of the step before on a GPU (None: not known yet).
-        ended = finished if delayed is None else delayed.swap(finished)
-        if ended is None:
-            continue
-        num_finished = int(ended.sum())
-        if num_finished == ended.numel():
-            break
-        if drop_finished and 4 * num_finished >= ended.numel():
-            keep = host_to_device(rows_that_stay(ended), device)
-            state = model.reorder(state, keep)
-            rows, max_lens, prev, finished = rows[keep], max_lens[keep], prev[keep], finished[keep]
-            if delayed is not None:
-                delayed.forget()
-
-    chosen, scores, src_lens, all_attention = fetch_to_host(chosen, scores, src_lens, attentions)
-    hypotheses = []
-    for i, (row, score, src_len) in enumerate(zip(chosen.tolist(), scores.tolist(), src_lens.tolist())):
-        length = row.index(EOS_ID)  # always there: EOS is forced at the length limit
-        attention = all_attention[i, :length, :src_len].clone() if all_attention is not None else None
-        hypotheses.append(Hypothesis(row[:length], score, attention))
-    return hypotheses
+        chosen, scores, src_lens, all_attention = fetch_to_host(chosen, scores, src_lens, attentions)
+        hypotheses = []
+        for i, (row, score, src_len) in enumerate(zip(chosen.tolist(), scores.tolist(), src_lens.tolist())):
+            length = row.index(EOS_ID)  # always there: EOS is forced at the length limit
+            attention = all_attention[i, :length, :src_len].clone() if all_attention is not None else None
+            hypotheses.append(Hypothesis(row[:length], score, attention))
+        return hypotheses

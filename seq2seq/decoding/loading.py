@@ -85,8 +85,10 @@ def check_same_vocabulary(loaded: LoadedModel, tokenizer: Tokenizer, tokenizer_o
         )
 
 
-def use_cpu_kernels(config: Config, override: str | None = None) -> None:
+def use_cpu_kernels(config: Config, override: str | None, device: torch.device | str) -> None:
     """For a command that decodes: the CPU fast paths the checkpoint was trained with
-    (train.cpu_kernels) or ``override`` (--cpu-kernels), and the process settings that go with them."""
+    (train.cpu_kernels) or ``override`` (--cpu-kernels), and, decoding on the CPU, the process
+    settings that go with them."""
     kernels.configure(override or config.train.cpu_kernels)
-    kernels.tune_process()
+    if torch.device(device).type == "cpu":
+        kernels.tune_process()

@@ -45,7 +45,7 @@ def translate_and_score(checkpoint: Path, src: Path, refs: list[Path], beam: int
     ``precision`` where given; ``workers``: decoding processes (Translator); ``engine``: --engine;
     ``cpu_kernels``: --cpu-kernels (default: the checkpoint's train.cpu_kernels); ``which``: --which."""
     loaded = load_model(checkpoint, device, which, warn)
-    use_cpu_kernels(loaded.config, cpu_kernels)
+    use_cpu_kernels(loaded.config, cpu_kernels, device)
     settings = TranslateSettings.from_config(decode or loaded.config.decode, workers=workers, engine=engine)
     if beam is not None:
         settings.beam_size = beam

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from seq2seq.errors import UserError
@@ -9,11 +11,14 @@ from seq2seq.kernels import probe
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 products run natively: on a GPU, or a CPU with AVX512-BF16 or AMX.
+    """Whether bf16 products run natively: on a GPU from compute capability 8.0 (Ampere) on, or
+    a CPU with AVX512-BF16 or AMX.
 
     Elsewhere PyTorch emulates them with float32 instructions and conversions, usually slower
     than float32 itself. The CPU checks are private PyTorch functions, so a torch without them
     (or one where they raise) is answered "native": no warning rather than a wrong one."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type != "cpu":
         return True
     try:
@@ -26,12 +31,28 @@ def native_bf16(device: torch.device) -> bool:
 def check_bf16(device: torch.device, key: str) -> str | None:
     """For ``key`` (say, train.precision) set to bf16: a UserError where bf16 products do not
     run on this CPU at all; else the warning to show where they are emulated (or None)."""
-    if device.type != "cpu":
-        return None
-    runs = probe.bf16_runs()
-    if not runs:
+    if device.type == "cpu" and not (runs := probe.bf16_runs()):
         raise UserError(f"{key}: bf16 does not run on this CPU ({runs.reason}); use fp32")
     if native_bf16(device):
         return None
+    if device.type == "cuda":
+        return (f"{key} bf16: this GPU (compute capability below 8.0) emulates bf16, likely slower than "
+                "fp32 or fp16; use fp16 (train.precision) or fp32")
     return (f"{key} bf16: this CPU has neither AVX512-BF16 nor AMX, so PyTorch emulates bf16 "
             "and it is likely slower than fp32; use fp32")
+
+
+@functools.cache
+def bf16_rnn_runs() -> bool:
+    """Whether an LSTM runs under CPU bf16 autocast here (forward and backward): oneDNN's bf16
+    RNN kernel needs AVX-512, and without it the LSTM raises. Where it does not, the RNN
+    models run their RNN calls in float32 (models/rnn_layers.py), the rest in bf16."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            lstm = torch.nn.LSTM(4, 4, batch_first=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                output, _ = lstm(torch.randn(2, 3, 4))
+            output.float().sum().backward()
+        return True
+    except Exception:  # noqa: BLE001 - the kernel is missing or refuses this CPU
+        return False

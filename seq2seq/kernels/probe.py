@@ -123,8 +123,11 @@ def tiny(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 
 
 def _run(probe: Callable[[], tuple[Any, str]]) -> Decision:
-    try:  # own RNG: probing must not shift the random numbers of the run (dropout, resume)
-        with torch.random.fork_rng(devices=[]):
+    # Its own RNG (probing must not shift the run's random numbers: dropout, resume), and the
+    # same grad and autocast modes whoever asks first: the decision is kept for the process.
+    try:
+        with (torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast("cpu", enabled=False)):
             value, reason = probe()
     except Exception as exc:  # noqa: BLE001 - any failure of the op means: do not use it
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

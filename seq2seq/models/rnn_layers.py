@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from seq2seq.kernels import dropout
+from seq2seq.kernels.precision import bf16_rnn_runs
 
 RNN_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -53,8 +54,11 @@ def uses_packed_sequences(x: Tensor) -> bool:
 
 
 def runs_outside_autocast(x: Tensor) -> bool:
-    """Whether RNN modules run with autocast off, in their weights' dtype (a GPU; see rnn_call)."""
-    return x.device.type == "cuda"
+    """Whether RNN modules run with autocast off, in their weights' dtype (see rnn_call): on a
+    GPU, and on a CPU whose oneDNN has no bf16 RNN kernel (without AVX-512 it refuses one)."""
+    if x.device.type == "cuda":
+        return True
+    return x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not bf16_rnn_runs()
 
 
 def rnn_call(module: nn.RNNBase, x: Tensor | PackedSequence,
@@ -65,7 +69,7 @@ def rnn_call(module: nn.RNNBase, x: Tensor | PackedSequence,
     run would train its RNNs in fp16, whose range bf16 runs do not guard (no loss scaling).
     Outside autocast they run in float32, with TF32 products (the trainer enables TF32). The
     weights' dtype rather than float32 itself: a bf16 copy of the model (decode.precision bf16)
-    stays in bf16. On the CPU autocast keeps its say, as before.
+    stays in bf16. On the CPU autocast keeps its say where oneDNN has a bf16 RNN kernel.
     """
     data = x.data if isinstance(x, PackedSequence) else x
     if not runs_outside_autocast(data):

@@ -26,6 +26,11 @@ class TimeBudget:
         """Seconds still to go (inf without a budget)."""
         return math.inf if self.minutes is None else 60 * self.minutes - self.seconds()
 
+    def capped(self, reserve: float) -> float:
+        """A reserve for the final validation of at most half the budget: an estimate that errs
+        long must not end the run before it has trained."""
+        return reserve if self.minutes is None else min(reserve, 30 * self.minutes)
+
     def out_of_time(self) -> bool:
         """Past the budget less the reserve: time to stop and validate the final model."""
         return self.left() <= self.reserve

@@ -54,16 +54,18 @@ def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, smoothing: fl
 # and in the allocator's reused memory, where a whole [tokens x vocabulary] tensor (130 MB for
 # 4k tokens and 8k pieces) costs more in page faults and memory traffic than in arithmetic.
 CHUNK_ELEMENTS = 2**22
+GPU_CHUNK_ELEMENTS = 2**28
 
 
 def chunk_rows(device: torch.device, rows: int, vocab: int) -> int:
     """How many rows of logits ``projected_smoothed_nll`` computes at a time.
 
-    On a GPU all of them: a GPU has no cache to fit, its memory holds a whole batch's logits
-    easily (8k tokens x 32k pieces in fp32: 1 GB), and every chunk would cost its own launches
-    of half a dozen kernels and smaller, slower products."""
+    On a GPU as many as fit 2^28 logits (1 GiB in fp32; a typical batch's all of them): a GPU
+    has no cache to fit, and every chunk costs its own launches of half a dozen kernels and
+    smaller, slower products; the cap keeps a huge batch x vocabulary from running out of memory
+    on a small GPU."""
     if device.type == "cuda":
-        return max(1, rows)
+        return max(1, min(rows, GPU_CHUNK_ELEMENTS // vocab))
     return max(1, CHUNK_ELEMENTS // vocab)
 
 

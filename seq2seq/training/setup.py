@@ -123,10 +123,12 @@ def autocast_context(cfg: Config, device: torch.device) -> contextlib.AbstractCo
 
 
 def set_up_process(cfg: Config, info: DistInfo, log: Callable[[str], None]) -> torch.device:
-    """The device, the CPU kernels, precision checks, determinism, the process group, threads
-    and TF32: everything about this process, before anything is written."""
+    """The device, the CPU kernels and process settings, precision checks, determinism, the
+    process group, threads and TF32: everything about this process, before anything is written."""
     device = pick_device(cfg, info)
     kernels.configure(cfg.train.cpu_kernels)
+    if device.type == "cpu":
+        kernels.tune_process()  # before any model runs here: oneDNN reads its cache caps once
     check_precisions(cfg, device, log)
     if cfg.train.deterministic:
         make_deterministic()

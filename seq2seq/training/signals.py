@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -37,9 +38,24 @@ def interrupt_handler(trainer: Any) -> Iterator[None]:
     try:
         yield
     finally:
-        # After a stop was asked for, the copy of that signal may still be on its way (the run
-        # can save and return within milliseconds): keep answering as above, or the copy would
-        # reach the command line's handler and abort what is a clean stop.
-        if first_at is None:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        for sig, old in previous.items():
+            signal.signal(sig, old if first_at is None else _after_stop(old, first_at))
+
+
+def _after_stop(old: Any, first_at: float) -> Callable[[int, Any], None]:
+    """The handler left in place once a stop was asked for: the copy of that signal may still
+    be on its way (the run can save and return within milliseconds) and must not reach the
+    command line's handler as a second request, which aborts. Later signals get ``old``'s answer."""
+
+    def handle(signum: int, frame: Any) -> None:
+        if time.monotonic() - first_at <= REPEATED_SIGNAL_SECONDS:
+            return
+        signal.signal(signum, old)
+        if callable(old):
+            old(signum, frame)
+        elif old == signal.SIG_DFL:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+
+    return handle

@@ -142,6 +142,8 @@ class Trainer:
             self.state.world_size = world_size
         ckpt.set_rng_state(rng_states[self.info.rank] if len(rng_states) == world_size else rng_states[0], self.device)
         self.saved_step = self.state.step
+        if run_folder.last_validated_step(self.out) == self.state.step:  # the final note must not lie
+            self.validated_step = self.state.step
         if self.info.is_main:
             trim_metrics(self.out / METRICS_FILE, self.state.step)
         self.log(f"resumed from {path} at step {self.state.step} (epoch {self.state.epoch + 1})")
@@ -187,7 +189,8 @@ class Trainer:
 
         # One all-reduce for every figure; the Ctrl-C flag rides along so all ranks stop together.
         # torch.full launches a fill on the device: no host-to-device copy to wait for.
-        stop = self.interrupted or self.budget.out_of_time()
+        # The budget's end is rank 0's call: only it knows how long its final validation takes.
+        stop = self.interrupted or (self.info.is_main and self.budget.out_of_time())
         scalars = [torch.full((), float(x), device=self.device) for x in (tgt_tokens, src_tokens, stop)]
         totals = all_reduce_sum(torch.cat([sums, torch.stack(scalars)]), self.info)
         figures = dict(zip(("loss", "nll", "correct", "tokens", "src_tokens", "interrupt"), totals.unbind()))
@@ -264,11 +267,12 @@ class Trainer:
             return
         timed = [r["valid_seconds"] for r in read_metrics(self.out / METRICS_FILE) if "valid_seconds" in r]
         if timed:
-            self.budget.reserve = timed[-1]
+            self.budget.reserve = self.budget.capped(timed[-1])
             return
         from seq2seq.training.validation import estimate_validation_seconds
 
-        self.budget.reserve = estimate_validation_seconds(self.model, self.prepared, self.cfg, self.device)
+        self.budget.reserve = self.budget.capped(
+            estimate_validation_seconds(self.model, self.prepared, self.cfg, self.device))
 
     # --- the run ------------------------------------------------------------------
 
@@ -352,15 +356,17 @@ class Trainer:
 
     def validate_and_track(self, metric: str, progress: Progress) -> tuple[bool, bool]:
         """Validate on rank 0, log it, and decide (for every rank) whether this is the best so far."""
-        improved = False
-        self.validated_step = self.state.step
+        improved = validated = False
         if self.info.is_main:
             from seq2seq.training.validation import validate
 
             try:
                 result = validate(self.model, self.prepared, self.cfg, self.device, abandon=lambda: self.interrupted)
+                validated = result is not None
+                if validated:
+                    improved = self.track(result, metric, progress)
             except Exception:
-                # Whatever broke the validation, the updates before it are not lost.
+                # Whatever broke the validation or its records, the updates before it are not lost.
                 if self.saved_step != self.state.step:
                     self.save(alone=True)
                 self.log(f"validation at step {self.state.step} failed; the model of that step is saved in "
@@ -368,15 +374,15 @@ class Trainer:
                 raise
             if result is None:
                 self.log(f"validation at step {self.state.step} abandoned: stopping")
-            else:
-                improved = self.track(result, metric, progress)
-                if self.cfg.train.max_minutes is not None:  # the next one will take about as long
-                    self.budget.reserve = result["valid_seconds"]
+            elif self.cfg.train.max_minutes is not None:  # the next one will take about as long
+                self.budget.reserve = self.budget.capped(result["valid_seconds"])
         patience = self.cfg.train.patience
         stop = patience is not None and self.state.validations_without_improvement >= patience
         # Only rank 0 validated: every rank takes its decisions and its plateau scale.
-        improved, stop, self.plateau.scale = broadcast_from_main(
-            [improved, stop, self.plateau.scale], self.info, self.device)
+        improved, stop, validated, self.plateau.scale = broadcast_from_main(
+            [improved, stop, validated, self.plateau.scale], self.info, self.device)
+        if validated:
+            self.validated_step = self.state.step
         return bool(improved), bool(stop)
 
     def track(self, result: dict[str, float], metric: str, progress: Progress) -> bool:

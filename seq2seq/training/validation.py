@@ -94,14 +94,11 @@ def valid_translator(model: TrainableModel, prepared: PreparedData, cfg: Config)
                       precision_key="decode.precision")
 
 
-# Sentences translated to estimate a whole validation's length (a second or two on a CPU).
-ESTIMATE_SENTENCES = 16
-
-
 def estimate_validation_seconds(model: TrainableModel, prepared: PreparedData, cfg: Config, device: torch.device) -> float:
     """About how long ``validate`` takes now: the loss as it is computed, plus the time of
-    translating a few valid sentences scaled to all of them. An early model's outputs run to
-    the length limit, so the estimate errs long, which is the safe side for a time budget."""
+    translating one batch of valid sentences (as many as validation decodes together) times
+    the number of batches. An early model's outputs run to the length limit, so the estimate
+    errs long, which is the safe side for a time budget."""
     was_training = model.training
     model.eval()
     try:
@@ -110,10 +107,12 @@ def estimate_validation_seconds(model: TrainableModel, prepared: PreparedData, c
         loss_seconds = time.perf_counter() - start
         src_path, _ = corpus_paths(cfg.data.valid, cfg.data.src_lang, cfg.data.tgt_lang)
         sentences = sum(1 for _ in itertools.islice(read_lines(src_path), cfg.train.valid_max_sentences))
-        sample = list(itertools.islice(read_lines(src_path), ESTIMATE_SENTENCES))
+        translator = valid_translator(model, prepared, cfg)
+        per_batch = translator.sentences_per_batch()
+        sample = list(itertools.islice(read_lines(src_path), min(sentences, per_batch)))
         start = time.perf_counter()
-        valid_translator(model, prepared, cfg).translate(sample)
+        translator.translate(sample)
         translate_seconds = time.perf_counter() - start
     finally:
         model.train(was_training)
-    return loss_seconds + translate_seconds * sentences / max(len(sample), 1)
+    return loss_seconds + translate_seconds * math.ceil(sentences / max(len(sample), 1))
