@@ -473,7 +473,8 @@ def show_kernels(cpu_kernels: CpuKernelsOpt = None) -> None:
     import torch
 
     from seq2seq import kernels
-    from seq2seq.kernels.probe import bf16_runs, processor_name
+    from seq2seq.kernels.precision import bf16_rnn_runs, bf16_runs
+    from seq2seq.kernels.probe import processor_name
 
     kernels.configure(cpu_kernels.value if cpu_kernels else "auto")
     print(f"processor: {processor_name()}; torch {torch.__version__}; mode {kernels.mode()}")
@@ -482,6 +483,9 @@ def show_kernels(cpu_kernels: CpuKernelsOpt = None) -> None:
     bf16 = bf16_runs()
     how = ("natively" if kernels.native_bf16(torch.device("cpu")) else "emulated (likely slower than fp32)") if bf16 else ""
     print(f"{'bf16':20} {'on ' if bf16 else 'off'}  {bf16.reason}{', ' + how if how else ''}")
+    rnn = bf16_rnn_runs()
+    print(f"{'bf16_rnn':20} {'on ' if rnn else 'off'}  " + ("LSTMs run under bf16 autocast" if rnn else
+          "no bf16 RNN kernel here: under bf16 autocast the RNN calls run in float32"))
 
 
 # ----------------------------------------------------------------------------- average

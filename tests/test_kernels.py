@@ -149,7 +149,7 @@ def test_tuning_the_process_is_skipped_when_off(monkeypatch):
 
 
 def no_bf16(monkeypatch):
-    monkeypatch.setattr(probe, "bf16_runs", lambda: Decision(None, "raises RuntimeError: no bf16 here"))
+    monkeypatch.setattr(kernels.precision, "bf16_runs", lambda: Decision(None, "raises RuntimeError: no bf16 here"))
 
 
 def test_bf16_that_cannot_run_is_refused_by_name(monkeypatch):

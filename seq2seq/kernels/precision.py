@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from seq2seq.errors import UserError
 from seq2seq.kernels import probe
@@ -28,10 +29,29 @@ def native_bf16(device: torch.device) -> bool:
         return True
 
 
+@functools.cache
+def bf16_runs() -> probe.Decision:
+    """Whether bf16 products run on this CPU at all, plainly and under autocast (stock
+    PyTorch, whatever the cpu kernels mode): the precision checks' question."""
+
+    def products() -> tuple[object, str]:
+        x, weight = probe.tiny(3, 8), probe.tiny(5, 8)
+        got = F.linear(x.bfloat16(), weight.bfloat16()).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = F.linear(x, weight).float()
+        expected = F.linear(x, weight)
+        close = {"rtol": 3e-2, "atol": 3e-2}
+        if not (torch.allclose(got, expected, **close) and torch.allclose(autocast, expected, **close)):
+            return None, "bf16 products disagree with float32 ones"
+        return True, "bf16 products run"
+
+    return probe.run(products)
+
+
 def check_bf16(device: torch.device, key: str) -> str | None:
     """For ``key`` (say, train.precision) set to bf16: a UserError where bf16 products do not
     run on this CPU at all; else the warning to show where they are emulated (or None)."""
-    if device.type == "cpu" and not (runs := probe.bf16_runs()):
+    if device.type == "cpu" and not (runs := bf16_runs()):
         raise UserError(f"{key}: bf16 does not run on this CPU ({runs.reason}); use fp32")
     if native_bf16(device):
         return None
@@ -47,12 +67,12 @@ def bf16_rnn_runs() -> bool:
     """Whether an LSTM runs under CPU bf16 autocast here (forward and backward): oneDNN's bf16
     RNN kernel needs AVX-512, and without it the LSTM raises. Where it does not, the RNN
     models run their RNN calls in float32 (models/rnn_layers.py), the rest in bf16."""
-    try:
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            lstm = torch.nn.LSTM(4, 4, batch_first=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                output, _ = lstm(torch.randn(2, 3, 4))
-            output.float().sum().backward()
-        return True
-    except Exception:  # noqa: BLE001 - the kernel is missing or refuses this CPU
-        return False
+
+    def lstm() -> tuple[object, str]:
+        module = torch.nn.LSTM(4, 4, batch_first=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output, _ = module(probe.tiny(2, 3, 4))
+        output.float().sum().backward()
+        return True, "an LSTM runs under bf16 autocast"
+
+    return bool(probe.run(lstm))

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 MODES = ("auto", "off")
 ENV_VAR = "ATTN_CPU_KERNELS"
@@ -65,7 +64,7 @@ def decision(name: str) -> Decision:
         return Decision(None, "off (cpu kernels: off)")
     found = _decisions.get(name)
     if found is None:
-        found = _decisions[name] = _run(PROBES[name])
+        found = _decisions[name] = run(PROBES[name])
     return found
 
 
@@ -122,7 +121,8 @@ def tiny(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return torch.randn(*shape, generator=generator).to(dtype)
 
 
-def _run(probe: Callable[[], tuple[Any, str]]) -> Decision:
+def run(probe: Callable[[], tuple[Any, str]]) -> Decision:
+    """``probe``'s verdict, any exception it raises counting as "raises"."""
     # Its own RNG (probing must not shift the run's random numbers: dropout, resume), and the
     # same grad and autocast modes whoever asks first: the decision is kept for the process.
     try:
@@ -133,28 +133,3 @@ def _run(probe: Callable[[], tuple[Any, str]]) -> Decision:
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return Decision(None, f"raises {type(exc).__name__}: {first_line[:160]}")
     return Decision(value, reason)
-
-
-def _probe_bf16() -> tuple[Any, str]:
-    """Not a fast path: whether bf16 products run at all here (stock PyTorch), for the
-    precision checks; the result does not depend on the mode."""
-    x, weight = tiny(3, 8), tiny(5, 8)
-    got = F.linear(x.bfloat16(), weight.bfloat16()).float()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = F.linear(x, weight).float()
-    expected = F.linear(x, weight)
-    close = {"rtol": 3e-2, "atol": 3e-2}
-    if not (torch.allclose(got, expected, **close) and torch.allclose(autocast, expected, **close)):
-        return None, "bf16 products disagree with float32 ones"
-    return True, "bf16 products run"
-
-
-_bf16: Decision | None = None
-
-
-def bf16_runs() -> Decision:
-    """Whether bf16 products run on this CPU at all (stock PyTorch; any mode)."""
-    global _bf16
-    if _bf16 is None:
-        _bf16 = _run(_probe_bf16)
-    return _bf16
