@@ -197,3 +197,27 @@ def test_under_autocast_every_rnn_of_the_model_runs_in_float32_on_a_gpu(monkeypa
         model(src, tgt_in).float().sum().backward()
     assert len(dtypes) == 6  # encoder: 2 layers x 2 directions; decoder: 2 layers
     assert all(found == {torch.float32} for found in dtypes.values()), dtypes
+
+
+def test_packing_uses_the_lengths_training_already_has_on_the_host(monkeypatch):
+    """On a GPU ``lengths.cpu()`` would make every training batch wait for the device: training
+    passes the lengths its batch has on the host, and they pack the same sequences."""
+    force_gpu_rule(monkeypatch, "uses_packed_sequences")
+    seen = []
+    real_run_packed = rnn.run_packed
+
+    def recording(*args, cpu_lengths, **kwargs):
+        seen.append(cpu_lengths)
+        return real_run_packed(*args, cpu_lengths=cpu_lengths, **kwargs)
+
+    monkeypatch.setattr(rnn, "run_packed", recording)
+    model = build(**dict(RNN_BASE, arch="lstm", attention="dot", bidirectional=True, encoder_layers=2)).eval()
+    src, tgt_in, _ = make_batch()
+    host_lengths = (src != PAD_ID).sum(dim=1)
+    with torch.no_grad():
+        given = model(src, tgt_in, host_lengths=host_lengths)
+        assert seen and all(lengths is host_lengths for lengths in seen)
+        seen.clear()
+        computed = model(src, tgt_in)
+    assert seen and all(lengths is not host_lengths for lengths in seen)
+    assert torch.equal(given, computed)

@@ -44,7 +44,8 @@ class Seq2SeqModel(Protocol):
 
 class TrainableModel(Seq2SeqModel, Protocol):
     """What training adds: the config it was built from, both vocabularies, and the output
-    layer the loss projects ``forward(..., features_only=True)`` through."""
+    layer the loss projects ``forward(..., features_only=True)`` through. Training also passes
+    ``host_lengths``, the source lengths on the CPU, to ``forward``."""
 
     config: Any
     src_vocab_size: int

@@ -48,14 +48,19 @@ class RNNEncoder(nn.Module):
                              self.directions, cfg.dropout)
         self.dropout = Dropout(cfg.dropout)
 
-    def forward(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """-> outputs [B,S,H] (zero on padding), final top-layer (h,) or (h, c), each [B,H]."""
+    def forward(self, src: Tensor, src_mask: Tensor,
+                host_lengths: Tensor | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """-> outputs [B,S,H] (zero on padding), final top-layer (h,) or (h, c), each [B,H].
+        ``host_lengths``: the rows' lengths on the CPU where the caller has them (training's
+        batches do), so that packing them on a GPU need not wait for the device."""
         lengths = src_mask.sum(dim=1)
         layer_input = self.dropout(self.embedding(src))
         run: DirectionRunner
         if uses_packed_sequences(layer_input):
-            # pack_padded_sequence reads the lengths on the CPU: one copy, and wait, a batch.
-            run = functools.partial(run_packed, cpu_lengths=lengths.cpu())
+            # pack_padded_sequence reads the lengths on the CPU: without the caller's, one copy
+            # (and wait) a batch.
+            cpu_lengths = host_lengths if host_lengths is not None else lengths.cpu()
+            run = functools.partial(run_packed, cpu_lengths=cpu_lengths)
         else:
             run = functools.partial(run_to_lengths, lengths=lengths, shortest=int(lengths.min()))
         top = self.rnn.num_layers - 1
@@ -259,9 +264,9 @@ class RNNSeq2Seq(nn.Module):
         self.encoder = RNNEncoder(cfg, src_embedding)
         self.decoder = RNNDecoder(cfg, tgt_embedding, self.encoder.output_dim, tgt_vocab_size)
 
-    def encode(self, src: Tensor) -> dict:
+    def encode(self, src: Tensor, host_lengths: Tensor | None = None) -> dict:
         mask = src != PAD_ID
-        memory, final = self.encoder(src, mask)
+        memory, final = self.encoder(src, mask, host_lengths)
         return {"memory": memory, "mask": mask, "final": final}
 
     def init_state(self, encoded: dict) -> dict:
@@ -272,9 +277,11 @@ class RNNSeq2Seq(nn.Module):
         return self.decoder.output
 
     def forward(
-        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False, features_only: bool = False
+        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False, features_only: bool = False,
+        host_lengths: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        logits, attention = self.decoder(tgt_in, self.init_state(self.encode(src)), project=not features_only)
+        encoded = self.encode(src, host_lengths)
+        logits, attention = self.decoder(tgt_in, self.init_state(encoded), project=not features_only)
         return (logits, attention) if return_attention else logits
 
     def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:

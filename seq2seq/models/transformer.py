@@ -312,7 +312,8 @@ class Transformer(nn.Module):
         return self.decoder.output
 
     def forward(
-        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False, features_only: bool = False
+        self, src: Tensor, tgt_in: Tensor, return_attention: bool = False, features_only: bool = False,
+        host_lengths: Tensor | None = None,  # (the RNN's, for packing on a GPU; masks do here)
     ) -> Tensor | tuple[Tensor, Tensor]:
         encoded = self.encode(src)
         weights_layer = self._weights_layer() if return_attention else None

@@ -172,6 +172,7 @@ class Trainer:
             # Only real target positions reach the vocabulary projection; found on the host,
             # so the device never has to report how many there are.
             real = (batch.tgt_out.flatten() != PAD_ID).nonzero().squeeze(1)
+            host_lengths = (batch.src != PAD_ID).sum(dim=1)  # an RNN packs by them on a GPU
             src, tgt_in, real, target = (self.to_device(t) for t in (batch.src, batch.tgt_in, real,
                                                                      batch.tgt_out.flatten()[real]))
             # DDP all-reduces the gradients in the last backward of the update only.
@@ -179,7 +180,8 @@ class Trainer:
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with autocast_context(cfg, self.device):
-                    features = model(src, tgt_in, features_only=True).flatten(0, 1).index_select(0, real)
+                    features = model(src, tgt_in, features_only=True,
+                                     host_lengths=host_lengths).flatten(0, 1).index_select(0, real)
                     loss = projected_smoothed_nll(features, self.model.output_layer, target,
                                                   cfg.train.label_smoothing)
                 self.scaler.scale(loss.loss).backward()
