@@ -10,9 +10,11 @@ Models, losses and search import their layers and ops from here and nowhere else
                                 (lstm_step.py)
 
 Whether each path is used is decided once per process by ``probe.py``, which runs the path on
-a tiny input; ``configure("off")`` turns every one of them off. ``tune_process`` (process.py)
-caps oneDNN's caches and keeps freed memory: only the command line calls it, before any model
-runs. ``precision.py`` says whether bf16 runs here at all, and whether natively.
+a tiny input (each module registers its paths' probes); ``configure("off")`` turns every one of
+them off. ``tune_process`` (process.py) caps oneDNN's caches and keeps freed memory: training
+and decoding on the CPU call it while setting up, before any model runs, never an import.
+``precision.py`` says whether bf16 runs here at all, natively, and in an LSTM; ``optim.py``
+whether the fused optimizer skips a non-finite update on its own.
 """
 
 from seq2seq.kernels import lstm_step  # noqa: F401  (registers its probe)
@@ -23,7 +25,7 @@ from seq2seq.kernels.probe import MODES, configure, decisions, mode
 from seq2seq.kernels.process import tune_process
 
 __all__ = [
-    "MODES", "Dropout", "Linear", "lstm_step", "ReLUDropout", "check_bf16", "configure", "decisions", "dropout", "dropout_noise",
-    "linear", "matmul_nt", "matmul_tn", "mode", "native_bf16", "packed_weights", "relu_dropout", "tanh_",
-    "tune_process", "uses_onednn",
+    "MODES", "Dropout", "Linear", "ReLUDropout", "check_bf16", "configure", "decisions", "dropout", "dropout_noise",
+    "linear", "lstm_step", "matmul_nt", "matmul_tn", "mode", "native_bf16", "packed_weights", "relu_dropout",
+    "tanh_", "tune_process", "uses_onednn",
 ]
