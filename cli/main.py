@@ -345,8 +345,8 @@ def translate(
     import dataclasses
     import os
 
-    from seq2seq.decoding.loading import use_cpu_kernels
     from seq2seq.decoding.ensemble import has_attention
+    from seq2seq.decoding.loading import use_cpu_kernels
     from seq2seq.decoding.output import AttentionPlots, write_translations
     from seq2seq.decoding.settings import TranslateSettings
     from seq2seq.decoding.translator import make_translator
@@ -383,7 +383,7 @@ def translate(
         nbest=nbest, sampling=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         return_attention=bool(attention_plots or alignments), attention_layer=attention_layer,
         attention_head=attention_head, workers=workers, engine=engine.value)
-    if settings.max_len_a == 0 and settings.max_len_b == 0:  # config._check_combinations refuses it in a config
+    if settings.max_len_a == 0 and settings.max_len_b == 0:  # config.rules refuses it in a config
         raise UserError("--max-len-b 0: with --max-len-a 0 as well (given, or the checkpoint's decode.max_len_a), "
                         "every translation would be empty; set --max-len-b to at least 1")
     if input is not None and not input.is_file():

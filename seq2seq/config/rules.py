@@ -81,7 +81,7 @@ def check_combinations(cfg: Config) -> None:
 
 def check_architecture(m: ModelConfig) -> None:
     """The rules of each architecture, for a model section whose attention has been mapped to
-    its family (see _check_combinations)."""
+    its family (see check_combinations)."""
     if m.arch in RNN_ARCHS:
         if m.attention not in RNN_ATTENTIONS:
             raise UserError(f"model.attention: {m.attention!r} is not an RNN attention; "
