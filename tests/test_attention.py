@@ -5,12 +5,8 @@ import math
 import pytest
 import torch
 
-from seq2seq.models.attention import (
-    build_attention,
-    gaussian_weights,
-    masked_softmax,
-    window_mask,
-)
+from seq2seq.models.attention import build_attention, gaussian_weights, window_mask
+from seq2seq.models.normalizers import masked_softmax
 from seq2seq.models.multihead import attention_with_weights, band_mask, causal_mask, encoder_self_mask
 from seq2seq.models.transformer import sinusoidal_positions
 

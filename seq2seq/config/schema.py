@@ -77,6 +77,8 @@ class ModelConfig:
     input_feeding: bool = True
     # Score function used inside local_m / local_p windows.
     local_score: Literal["dot", "general", "scaled_dot", "additive"] = "general"
+    # Scores -> attention weights: softmax, or sparse (exact zeros) sparsemax / 1.5-entmax.
+    attention_normalizer: Literal["softmax", "sparsemax", "entmax15"] = "softmax"
     bridge: bool = True
     # Transformer only.
     heads: int = field(default=4, metadata=_range(1))

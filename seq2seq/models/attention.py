@@ -32,17 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from seq2seq.kernels import Linear, tanh_
+from seq2seq.models.normalizers import normalizer
 
 # ------------------------------------------------------------------ pure functions
-
-
-def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
-    """Softmax over the last dim where ``mask`` is True; masked positions get exactly 0.
-
-    Every row must keep at least one True (a source always holds EOS, and a local window
-    always holds its centre), otherwise the row is NaN.
-    """
-    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
 
 
 def dot_scores(queries: Tensor, keys: Tensor) -> Tensor:
@@ -163,9 +155,10 @@ class GlobalAttention(nn.Module):
 
     independent_queries = True  # any queries [B,T,...] may share a memory row (beam search)
 
-    def __init__(self, score: nn.Module):
+    def __init__(self, score: nn.Module, normalize: str = "softmax"):
         super().__init__()
         self.score = score
+        self.normalize = normalizer(normalize)
 
     def precompute(self, keys: Tensor) -> Tensor:
         return self.score.precompute(keys)
@@ -173,7 +166,7 @@ class GlobalAttention(nn.Module):
     def forward(
         self, queries: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, first_step: int = 0
     ) -> tuple[Tensor, Tensor]:
-        weights = masked_softmax(self.score(queries, keys), key_mask.unsqueeze(1))
+        weights = self.normalize(self.score(queries, keys), key_mask.unsqueeze(1)).to(values.dtype)
         return weights @ values, weights
 
 
@@ -190,9 +183,11 @@ class LocalAttention(nn.Module):
     Positions outside the window get exactly zero weight: they are masked before the softmax.
     """
 
-    def __init__(self, score: nn.Module, half_width: int, query_dim: int, predictive: bool):
+    def __init__(self, score: nn.Module, half_width: int, query_dim: int, predictive: bool,
+                 normalize: str = "softmax"):
         super().__init__()
         self.score = score
+        self.normalize = normalizer(normalize)
         self.half_width = half_width
         self.predictive = predictive
         # local_m centres each query on its time step, so its queries are not interchangeable.
@@ -222,7 +217,7 @@ class LocalAttention(nn.Module):
         length = keys.size(1)
         centres = self.centres(queries, key_mask.sum(dim=1), first_step)
         allowed = window_mask(centres, length, self.half_width) & key_mask.unsqueeze(1)
-        weights = masked_softmax(self.score(queries, keys), allowed)
+        weights = self.normalize(self.score(queries, keys), allowed).to(values.dtype)
         if self.predictive:
             weights = weights * gaussian_weights(centres, length, sigma=self.half_width / 2).to(weights.dtype)
         return weights @ values, weights
@@ -246,15 +241,17 @@ class NoAttention(nn.Module):
 
 
 def build_attention(
-    kind: str, query_dim: int, key_dim: int, window: int = 8, local_score: str = "general"
+    kind: str, query_dim: int, key_dim: int, window: int = 8, local_score: str = "general",
+    normalize: str = "softmax",
 ) -> nn.Module:
-    """The RNN attention mechanism named ``kind`` (see the module docstring)."""
+    """The RNN attention mechanism named ``kind`` (see the module docstring), its weights from
+    the normaliser ``normalize`` (normalizers.py)."""
     match kind:
         case "additive" | "dot" | "general" | "scaled_dot":
-            return GlobalAttention(build_score(kind, query_dim, key_dim))
+            return GlobalAttention(build_score(kind, query_dim, key_dim), normalize)
         case "local_m" | "local_p":
             score = build_score(local_score, query_dim, key_dim)
-            return LocalAttention(score, window, query_dim, predictive=kind == "local_p")
+            return LocalAttention(score, window, query_dim, predictive=kind == "local_p", normalize=normalize)
         case "none":
             return NoAttention()
     raise ValueError(f"unknown RNN attention {kind!r}")

@@ -123,7 +123,7 @@ class RNNDecoder(nn.Module):
             rnn_input_dim = cfg.embed_dim
         self.rnn = RNNLayers(cfg.arch, rnn_input_dim, cfg.hidden_dim, cfg.decoder_layers, dropout=cfg.dropout)
         self.attention = build_attention(
-            cfg.attention, cfg.hidden_dim, encoder_dim, cfg.window, cfg.local_score
+            cfg.attention, cfg.hidden_dim, encoder_dim, cfg.window, cfg.local_score, cfg.attention_normalizer
         )
         self.attentional = Linear(context_dim + cfg.hidden_dim, cfg.hidden_dim, bias=False)
         num_states = 2 if cfg.arch == "lstm" else 1
