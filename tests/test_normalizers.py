@@ -10,10 +10,29 @@ from seq2seq.config import ModelConfig, load_config
 from seq2seq.data.special import PAD_ID
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model
-from seq2seq.models.normalizers import masked_entmax15, masked_sparsemax, normalizer
+from seq2seq.models.normalizers import LearnedEntmax, masked_entmax, masked_entmax15, masked_sparsemax, normalizer
 
-SPARSE = {"sparsemax": masked_sparsemax, "entmax15": masked_entmax15}
+SPARSE = {"sparsemax": masked_sparsemax, "entmax15": masked_entmax15,
+          "entmax": lambda scores, mask: masked_entmax(scores, mask, torch.tensor(1.3))}
 ALL = torch.ones(1, 3, dtype=torch.bool)
+
+
+def test_alpha_entmax_spans_softmax_to_sparsemax():
+    """alpha = 2 is sparsemax, 1.5 is 1.5-entmax, and towards 1 it becomes softmax."""
+    z = torch.randn(5, 9) * 2
+    mask = torch.ones(5, 9, dtype=torch.bool)
+    torch.testing.assert_close(masked_entmax(z, mask, torch.tensor(2.0)), masked_sparsemax(z, mask), atol=1e-5, rtol=0)
+    torch.testing.assert_close(masked_entmax(z, mask, torch.tensor(1.5)), masked_entmax15(z, mask), atol=1e-5, rtol=0)
+    torch.testing.assert_close(masked_entmax(z, mask, torch.tensor(1.001)), z.softmax(-1), atol=2e-3, rtol=0)
+
+
+def test_the_learned_alpha_starts_at_one_and_a_half_and_learns():
+    entmax = normalizer("entmax")
+    assert isinstance(entmax, LearnedEntmax) and float(entmax.alpha.detach()) == 1.5
+    z = torch.randn(4, 6)
+    weights = entmax(z, torch.ones(4, 6, dtype=torch.bool))
+    (weights * torch.randn(4, 6)).sum().backward()
+    assert entmax.alpha_logit.grad is not None and float(entmax.alpha_logit.grad) != 0.0
 
 
 def test_the_papers_values():
@@ -43,6 +62,11 @@ def test_gradients_match_finite_differences(name):
     # The normalisers compute in float32: check the float64 gradient of their float64 core.
     from seq2seq.models import normalizers
 
+    if name == "entmax":  # the gradient in alpha too
+        alpha = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda z, a: normalizers._EntmaxBisect.apply(z.masked_fill(~mask, -1e4), a),
+                                        (scores, alpha), atol=1e-5)
+        return
     core = {"sparsemax": normalizers._Sparsemax.apply, "entmax15": normalizers._Entmax15.apply}[name]
     assert torch.autograd.gradcheck(lambda z: core(z.masked_fill(~mask, -1e4)), (scores,))
 

@@ -77,8 +77,9 @@ class ModelConfig:
     input_feeding: bool = True
     # Score function used inside local_m / local_p windows.
     local_score: Literal["dot", "general", "scaled_dot", "additive"] = "general"
-    # Scores -> attention weights: softmax, or sparse (exact zeros) sparsemax / 1.5-entmax.
-    attention_normalizer: Literal["softmax", "sparsemax", "entmax15"] = "softmax"
+    # Scores -> attention weights: softmax, or sparse (exact zeros) sparsemax / 1.5-entmax /
+    # alpha-entmax with alpha learned per attention.
+    attention_normalizer: Literal["softmax", "sparsemax", "entmax15", "entmax"] = "softmax"
     bridge: bool = True
     # Transformer only.
     heads: int = field(default=4, metadata=_range(1))

@@ -5,6 +5,9 @@
                p = max(z - tau, 0), so low scores get exactly 0
     entmax15   1.5-entmax (Peters, Niculae and Martins 2019): p = max(z/2 - tau, 0)^2, sparse
                like sparsemax but smoother; exact, by sorting
+    entmax     alpha-entmax with alpha learned (Correia, Niculae and Martins 2019):
+               p = max((alpha - 1) z - tau, 0)^(1 / (alpha - 1)), tau by bisection; alpha -> 1
+               is softmax, 2 sparsemax. ``LearnedEntmax`` holds alpha = 1 + sigmoid(a), in (1, 2)
 
 Each takes scores [..., S] and a boolean mask (True = may attend), computes in float32
 whatever the scores' dtype (under autocast too), and gives masked positions exactly 0; a row
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-NORMALIZERS = ("softmax", "sparsemax", "entmax15")
+NORMALIZERS = ("softmax", "sparsemax", "entmax15", "entmax")
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -41,9 +44,32 @@ def masked_entmax15(scores: Tensor, mask: Tensor) -> Tensor:
     return _masked(_Entmax15.apply, scores, mask)
 
 
+def masked_entmax(scores: Tensor, mask: Tensor, alpha: Tensor) -> Tensor:
+    """alpha-entmax (``alpha`` a 0-d tensor in (1, 2], differentiable) where ``mask`` is True."""
+    return _masked(lambda z: _EntmaxBisect.apply(z, alpha.float()), scores, mask)
+
+
 def normalizer(name: str) -> Callable[[Tensor, Tensor], Tensor]:
-    """The masked normaliser called ``name`` (one of NORMALIZERS)."""
+    """The masked normaliser called ``name`` (one of NORMALIZERS); ``entmax`` is a module with
+    its own learned alpha (``LearnedEntmax``), so each attention gets its own."""
+    if name == "entmax":
+        return LearnedEntmax()
     return {"softmax": masked_softmax, "sparsemax": masked_sparsemax, "entmax15": masked_entmax15}[name]
+
+
+class LearnedEntmax(torch.nn.Module):
+    """alpha-entmax whose alpha = 1 + sigmoid(a) is learned with the model, starting at 1.5."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alpha_logit = torch.nn.Parameter(torch.zeros(()))
+
+    @property
+    def alpha(self) -> Tensor:
+        return 1 + torch.sigmoid(self.alpha_logit)
+
+    def forward(self, scores: Tensor, mask: Tensor) -> Tensor:
+        return masked_entmax(scores, mask, self.alpha)
 
 
 def _masked(apply: Callable[[Tensor], Tensor], scores: Tensor, mask: Tensor) -> Tensor:
@@ -117,3 +143,48 @@ class _Entmax15(torch.autograd.Function):
         s = p.sqrt()
         weighted = grad * s
         return weighted - s * weighted.sum(dim=-1, keepdim=True) / s.sum(dim=-1, keepdim=True)
+
+
+# Bisection halves the bracket of tau each time: 40 halvings leave it below float32's resolution.
+BISECTION_STEPS = 40
+
+
+def entmax_bisect(z: Tensor, alpha: Tensor) -> Tensor:
+    """alpha-entmax over the last dim, by bisection on tau; rows renormalised to sum 1."""
+    x = z * (alpha - 1)
+    power = 1 / (alpha - 1)
+    top = x.amax(dim=-1, keepdim=True)
+    # At tau = top - 1 the top score alone reaches 1; at top - (1/n)^(alpha-1) all n together <= 1.
+    low, high = top - 1, top - (1 / z.size(-1)) ** (alpha - 1)
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        total = torch.clamp(x - middle, min=0).pow(power).sum(dim=-1, keepdim=True)
+        too_much = total >= 1
+        low = torch.where(too_much, middle, low)
+        high = torch.where(too_much, high, middle)
+    p = torch.clamp(x - low, min=0).pow(power)
+    return p / p.sum(dim=-1, keepdim=True)
+
+
+class _EntmaxBisect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z: Tensor, alpha: Tensor) -> Tensor:
+        p = entmax_bisect(z, alpha)
+        ctx.save_for_backward(p, alpha)
+        return p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        # On the support, with g = p^(2 - alpha): dp/dz = diag(g) - g g^T / sum(g); and
+        # dp/dalpha from differentiating the optimality condition in alpha (Correia et al. 2019).
+        p, alpha = ctx.saved_tensors
+        support = p > 0
+        g = torch.where(support, p.pow(2 - alpha), torch.zeros_like(p))
+        weighted = grad * g
+        grad_z = weighted - g * weighted.sum(dim=-1, keepdim=True) / g.sum(dim=-1, keepdim=True)
+        p_log_p = torch.where(support, p * torch.log(torch.where(support, p, torch.ones_like(p))), torch.zeros_like(p))
+        entropy_term = p_log_p.sum(dim=-1, keepdim=True)
+        skewed = g / g.sum(dim=-1, keepdim=True)
+        d_alpha = grad * (p - skewed) / (alpha - 1) ** 2 - grad * (p_log_p - skewed * entropy_term) / (alpha - 1)
+        return grad_z, d_alpha.sum().reshape(alpha.shape)
