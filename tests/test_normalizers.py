@@ -8,7 +8,6 @@ import torch
 
 from seq2seq.config import ModelConfig, load_config
 from seq2seq.data.special import PAD_ID
-from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model
 from seq2seq.models.normalizers import LearnedEntmax, masked_entmax, masked_entmax15, masked_sparsemax, normalizer
 
@@ -111,10 +110,12 @@ def test_step_by_step_decoding_equals_the_full_pass(name, attention):
     assert (full_weights == 0).any()  # sparse
 
 
-def test_the_transformer_refuses_a_sparse_normalizer_by_name():
-    with pytest.raises(UserError, match="^model.attention_normalizer: sparsemax is for the RNN models"):
-        load_config(None, ["model.arch=transformer", "model.attention=scaled_dot",
-                           "model.attention_normalizer=sparsemax"])
+def test_a_transformer_config_notes_that_its_heads_use_softmax():
+    """One config switches architecture freely: the RNN-only key is noted, not refused."""
+    cfg = load_config(None, ["model.arch=transformer", "model.attention=scaled_dot",
+                             "model.attention_normalizer=sparsemax"])
+    assert cfg.model.attention_normalizer == "softmax"
+    assert any("attention_normalizer sparsemax applies to RNN attention" in note for note in cfg.notes)
 
 
 @pytest.mark.parametrize("name", SPARSE)

@@ -36,9 +36,9 @@ def check_combinations(cfg: Config) -> None:
                 f"data.max_len={cfg.data.max_len} pieces plus EOS; raise max_positions or lower data.max_len"
             )
         if m.attention_normalizer != "softmax":
-            raise UserError(f"model.attention_normalizer: {m.attention_normalizer} is for the RNN models' attention; "
-                            "the Transformer's heads normalise with softmax: set it to softmax, or model.arch to "
-                            "rnn, lstm or gru")
+            cfg.notes.append(f"model.attention_normalizer {m.attention_normalizer} applies to RNN attention; the "
+                             "Transformer's heads normalise with softmax")
+            m.attention_normalizer = "softmax"
         cfg.notes.append(
             "the Transformer uses model.hidden_dim as d_model; RNN-only keys are ignored: "
             "embed_dim, bidirectional, decoder_style, input_feeding, local_score, bridge"
