@@ -42,6 +42,13 @@ RNN_CASES = [
     ("gru", "local_p", "bahdanau", {"local_score": "dot"}),
     ("rnn", "local_p", "luong", {"local_score": "additive", "bidirectional": False}),
     ("gru", "none", "luong", {"input_feeding": False}),
+    # Every score function with a sparse normaliser (models/normalizers.py).
+    ("lstm", "additive", "luong", {"attention_normalizer": "sparsemax"}),
+    ("gru", "dot", "bahdanau", {"attention_normalizer": "entmax15"}),
+    ("gru", "general", "luong", {"attention_normalizer": "entmax"}),
+    ("rnn", "scaled_dot", "luong", {"attention_normalizer": "entmax15", "input_feeding": False}),
+    ("lstm", "local_m", "luong", {"attention_normalizer": "entmax", "local_score": "dot"}),
+    ("gru", "local_p", "bahdanau", {"attention_normalizer": "sparsemax", "local_score": "additive"}),
 ]
 TRANSFORMER_BASE = dict(
     arch="transformer", attention="scaled_dot", hidden_dim=16, heads=2, ffn_dim=32, encoder_layers=2,

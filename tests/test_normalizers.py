@@ -1,14 +1,12 @@
 """Sparse attention normalisers (seq2seq/models/normalizers.py) against their papers' values
-and properties, and inside the RNN models."""
+and properties (inside the RNN models: tests/test_models.py's cases with a sparse normaliser)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from seq2seq.config import ModelConfig, load_config
-from seq2seq.data.special import PAD_ID
-from seq2seq.models.builder import build_model
+from seq2seq.config import load_config
 from seq2seq.models.normalizers import LearnedEntmax, masked_entmax, masked_entmax15, masked_sparsemax, normalizer
 
 SPARSE = {"sparsemax": masked_sparsemax, "entmax15": masked_entmax15,
@@ -84,30 +82,6 @@ def test_computed_in_float32_under_autocast(name):
         weights = SPARSE[name](scores, torch.ones(3, 5, dtype=torch.bool))
     assert weights.dtype == torch.float32
     torch.testing.assert_close(weights.sum(-1), torch.ones(3))
-
-
-@pytest.mark.parametrize("name", SPARSE)
-@pytest.mark.parametrize("attention", ["additive", "dot", "general", "scaled_dot", "local_m", "local_p"])
-def test_step_by_step_decoding_equals_the_full_pass(name, attention):
-    cfg = ModelConfig(arch="gru", embed_dim=12, hidden_dim=12, encoder_layers=1, decoder_layers=1, window=2,
-                      attention=attention, attention_normalizer=name, dropout=0.0)
-    torch.manual_seed(0)
-    model = build_model(cfg, 20, 20).eval()
-    src = torch.randint(4, 20, (3, 7))
-    src[1, 5:] = PAD_ID
-    tgt = torch.randint(4, 20, (3, 6))
-    with torch.no_grad():
-        full, full_weights = model(src, tgt, return_attention=True)
-        state = model.init_state(model.encode(src))
-        steps, step_weights = [], []
-        for t in range(tgt.size(1)):
-            logits, state, weights = model.step(tgt[:, t], state)
-            steps.append(logits)
-            step_weights.append(weights)
-    torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(torch.stack(step_weights, dim=1), full_weights, atol=1e-5, rtol=1e-5)
-    assert (full_weights[1, :, 5:] == 0).all()  # padding never attended
-    assert (full_weights == 0).any()  # sparse
 
 
 def test_a_transformer_config_notes_that_its_heads_use_softmax():

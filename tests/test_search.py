@@ -565,3 +565,19 @@ def test_a_transformer_reorder_finds_the_moved_rows_once_for_all_layers(transfor
     assert len(transformer.decoder.layers) == 2 and len(calls) == 1
     for keys, after in zip(keys_before, reordered["caches"]):
         torch.testing.assert_close(after.keys_values()[0], keys[rows])
+
+
+def test_the_attention_shown_is_a_decode_setting_that_leaves_the_model_as_it_was(transformer, src):
+    """--attention-layer/--attention-head reach the model through the settings, for the search
+    only: each layer and head gives its own weights, and the model keeps its own choice."""
+    sources = [only_real_positions(src, i)[0].tolist() for i in range(3)]
+
+    def weights(**view) -> list[torch.Tensor]:
+        settings = TranslateSettings(beam_size=1, max_len_a=1.0, max_len_b=2, return_attention=True, **view)
+        return [hyps[0].attention for hyps in decode_batch(transformer, settings, sources)]
+
+    last, first, head = weights(), weights(attention_layer=0), weights(attention_layer=0, attention_head=1)
+    assert all(torch.equal(a, b) for a, b in zip(last, weights(attention_layer=-1)))
+    assert not all(torch.allclose(a, b) for a, b in zip(last, first))
+    assert not all(torch.allclose(a, b) for a, b in zip(first, head))
+    assert (transformer.attention_layer, transformer.attention_head) == (-1, None)

@@ -146,15 +146,24 @@ def reads_late(device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def attention_wanted(model: nn.Module, wanted: bool) -> Iterator[None]:
-    """While a search runs, tell the models whose attention weights cost extra (those with a
-    ``step_attention`` switch, ensemble members included) whether it will use them."""
-    switches = [m for m in model.modules() if hasattr(m, "step_attention")]
-    before = [m.step_attention for m in switches]
-    for m in switches:
-        m.step_attention = wanted
+def models_set(model: nn.Module, **settings: object) -> Iterator[None]:
+    """For the duration, ``settings`` on every module of ``model`` (ensemble members included)
+    that has the first of them; their values are restored afterwards."""
+    first = next(iter(settings))
+    modules = [m for m in model.modules() if hasattr(m, first)]
+    before = [{name: getattr(m, name) for name in settings} for m in modules]
+    for m in modules:
+        for name, value in settings.items():
+            setattr(m, name, value)
     try:
         yield
     finally:
-        for m, value in zip(switches, before):
-            m.step_attention = value
+        for m, values in zip(modules, before):
+            for name, value in values.items():
+                setattr(m, name, value)
+
+
+def attention_wanted(model: nn.Module, wanted: bool) -> contextlib.AbstractContextManager:
+    """While a search runs, tell the models whose attention weights cost extra (those with a
+    ``step_attention`` switch) whether it will use them."""
+    return models_set(model, step_attention=wanted)

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from seq2seq.data.special import EOS_ID, PAD_ID
 from seq2seq.decoding.settings import TranslateSettings
 from seq2seq.decoding.search import Hypothesis, beam_search, gnmt_length_penalty, greedy_search, sample
+from seq2seq.decoding.search_helpers import models_set
 from seq2seq.decoding.workers import DecodeWorkers
 from seq2seq.errors import UserError
 from seq2seq.kernels import check_bf16, packed_weights
@@ -189,19 +190,10 @@ def decode_batch(model: Seq2SeqModel, s: TranslateSettings, sources: list[list[i
         return _search(model, s, src)
 
 
-@contextlib.contextmanager
-def showing_attention(model: nn.Module, layer: int, head: int | None) -> Iterator[None]:
+def showing_attention(model: nn.Module, layer: int, head: int | None) -> contextlib.AbstractContextManager:
     """Which cross-attention the models whose weights come from one of several layers and
-    heads (a Transformer's, ensemble members' too) return while a search runs."""
-    choosers = [m for m in model.modules() if hasattr(m, "attention_layer")]
-    before = [(m.attention_layer, m.attention_head) for m in choosers]
-    for m in choosers:
-        m.attention_layer, m.attention_head = layer, head
-    try:
-        yield
-    finally:
-        for m, (old_layer, old_head) in zip(choosers, before):
-            m.attention_layer, m.attention_head = old_layer, old_head
+    heads (a Transformer's) return while a search runs."""
+    return models_set(model, attention_layer=layer, attention_head=head)
 
 
 def _search(model: Seq2SeqModel, s: TranslateSettings, src: Tensor) -> list[list[Hypothesis]]:

@@ -110,6 +110,14 @@ def entmax15_threshold(z: Tensor) -> Tensor:
     return tau.gather(-1, support - 1)
 
 
+def _entmax_backward(grad: Tensor, g: Tensor) -> Tensor:
+    """The gradient in the scores of every alpha-entmax (sparsemax is alpha = 2): with
+    g = p^(2 - alpha) on the support and 0 elsewhere, dp/dz = diag(g) - g g^T / sum(g)
+    (Peters, Niculae and Martins 2019)."""
+    weighted = grad * g
+    return weighted - g * weighted.sum(dim=-1, keepdim=True) / g.sum(dim=-1, keepdim=True)
+
+
 class _Sparsemax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor) -> Tensor:
@@ -120,11 +128,8 @@ class _Sparsemax(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
-        # On the support the Jacobian is I - 1 1^T / |S|; elsewhere 0.
         (p,) = ctx.saved_tensors
-        support = (p > 0).to(grad.dtype)
-        mean = (grad * support).sum(dim=-1, keepdim=True) / support.sum(dim=-1, keepdim=True)
-        return support * (grad - mean)
+        return _entmax_backward(grad, (p > 0).to(grad.dtype))  # alpha = 2: g = 1 on the support
 
 
 class _Entmax15(torch.autograd.Function):
@@ -138,11 +143,8 @@ class _Entmax15(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
-        # With s = sqrt(p): dp/dz = diag(s) - s s^T / sum(s) (Peters et al. 2019).
         (p,) = ctx.saved_tensors
-        s = p.sqrt()
-        weighted = grad * s
-        return weighted - s * weighted.sum(dim=-1, keepdim=True) / s.sum(dim=-1, keepdim=True)
+        return _entmax_backward(grad, p.sqrt())  # alpha = 1.5: g = p^(1/2)
 
 
 # Bisection halves the bracket of tau each time: 40 halvings leave it below float32's resolution.
@@ -176,13 +178,11 @@ class _EntmaxBisect(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
-        # On the support, with g = p^(2 - alpha): dp/dz = diag(g) - g g^T / sum(g); and
         # dp/dalpha from differentiating the optimality condition in alpha (Correia et al. 2019).
         p, alpha = ctx.saved_tensors
         support = p > 0
         g = torch.where(support, p.pow(2 - alpha), torch.zeros_like(p))
-        weighted = grad * g
-        grad_z = weighted - g * weighted.sum(dim=-1, keepdim=True) / g.sum(dim=-1, keepdim=True)
+        grad_z = _entmax_backward(grad, g)
         p_log_p = torch.where(support, p * torch.log(torch.where(support, p, torch.ones_like(p))), torch.zeros_like(p))
         entropy_term = p_log_p.sum(dim=-1, keepdim=True)
         skewed = g / g.sum(dim=-1, keepdim=True)
