@@ -11,15 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seq2seq.config import Config
 from seq2seq.data.special import BOS_ID, EOS_ID, PAD_ID
+from seq2seq.training.objective import batch_loss
 
 FIRST_PIECE = 4
 
 
 def make_reverse_batch(
-    n: int, vocab: int, min_len: int, max_len: int, generator: torch.Generator
+    n: int, vocab: int, min_len: int, max_len: int, generator: torch.Generator, reverse: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """n random piece sequences and their reversals -> src [n,S], tgt_in [n,T], tgt_out [n,T]."""
+    """n random piece sequences and their reversals (copies, with ``reverse=False``) ->
+    src [n,S], tgt_in [n,T], tgt_out [n,T]."""
     lengths = torch.randint(min_len, max_len + 1, (n,), generator=generator).tolist()
     width = max(lengths) + 1  # + EOS (source, target) or BOS (decoder input)
     src = torch.full((n, width), PAD_ID)
@@ -27,7 +30,7 @@ def make_reverse_batch(
     tgt_out = torch.full((n, width), PAD_ID)
     for i, length in enumerate(lengths):
         pieces = torch.randint(FIRST_PIECE, vocab, (length,), generator=generator)
-        reversed_pieces = pieces.flip(0)
+        reversed_pieces = pieces.flip(0) if reverse else pieces
         src[i, :length] = pieces
         src[i, length] = EOS_ID
         tgt_in[i, 0] = BOS_ID
@@ -51,14 +54,22 @@ def train_tiny(
     min_len: int = 3,
     max_len: int = 8,
     seed: int = 0,
+    reverse: bool = True,
+    objective: Config | None = None,
 ) -> float:
-    """Adam on fresh random reverse batches; returns the last batch's loss."""
+    """Adam on fresh random reverse (or copy) batches; returns the last batch's loss. With
+    ``objective``, the trainer's objective under that config (hard attention's REINFORCE, ...)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(steps):
-        src, tgt_in, tgt_out = make_reverse_batch(batch_size, vocab, min_len, max_len, generator)
-        loss = sequence_loss(model(src, tgt_in), tgt_out)
+        src, tgt_in, tgt_out = make_reverse_batch(batch_size, vocab, min_len, max_len, generator, reverse)
+        if objective is None:
+            loss = sequence_loss(model(src, tgt_in), tgt_out)
+        else:
+            real = (tgt_out.flatten() != PAD_ID).nonzero().squeeze(1)
+            sums = batch_loss(model, model.output_layer, src, tgt_in, real, tgt_out.flatten()[real], objective)
+            loss = sums.objective / real.numel()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

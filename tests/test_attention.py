@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from seq2seq.config import ModelConfig
 from seq2seq.models.attention import build_attention, gaussian_weights, window_mask
 from seq2seq.models.normalizers import masked_softmax
 from seq2seq.models.multihead import attention_with_weights, band_mask, causal_mask, encoder_self_mask
@@ -26,9 +27,15 @@ def random_inputs(steps: int = 4, seed: int = 0):
     return queries, encoder_outputs
 
 
+def mechanism(kind: str, key_dim: int = DIM, **settings):
+    """The RNN attention ``kind`` of a model section with ``settings``, queries DIM wide."""
+    return build_attention(ModelConfig(attention=kind, **settings), DIM, key_dim)
+
+
 def attend(attention, queries, encoder_outputs, first_step=0):
+    """-> context, weights of a stateless mechanism."""
     keys = attention.precompute(encoder_outputs)
-    return attention(queries, keys, encoder_outputs, KEY_MASK, first_step)
+    return attention(queries, keys, encoder_outputs, KEY_MASK, first_step)[:2]
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -69,7 +76,7 @@ def test_gaussian_weights_peak_at_centre():
 
 @pytest.mark.parametrize("kind", GLOBAL)
 def test_global_attention_weights_are_a_distribution_over_real_tokens(kind):
-    attention = build_attention(kind, DIM, DIM)
+    attention = mechanism(kind)
     queries, encoder_outputs = random_inputs()
     context, weights = attend(attention, queries, encoder_outputs)
     assert context.shape == (2, 4, DIM) and weights.shape == (2, 4, 6)
@@ -80,15 +87,15 @@ def test_global_attention_weights_are_a_distribution_over_real_tokens(kind):
 
 def test_dot_scores_match_the_formulas():
     queries, encoder_outputs = random_inputs()
-    _, dot = attend(build_attention("dot", DIM, DIM), queries, encoder_outputs)
-    _, scaled = attend(build_attention("scaled_dot", DIM, DIM), queries, encoder_outputs)
+    _, dot = attend(mechanism("dot"), queries, encoder_outputs)
+    _, scaled = attend(mechanism("scaled_dot"), queries, encoder_outputs)
     raw = queries[0] @ encoder_outputs[0].T
     assert torch.allclose(dot[0], raw.softmax(-1), atol=1e-6)
     assert torch.allclose(scaled[0], (raw / math.sqrt(DIM)).softmax(-1), atol=1e-6)
 
 
 def test_additive_precompute_is_the_key_projection():
-    attention = build_attention("additive", DIM, DIM)
+    attention = mechanism("additive")
     _, encoder_outputs = random_inputs()
     projected = attention.precompute(encoder_outputs)
     assert torch.allclose(projected, attention.score.key_proj(encoder_outputs))
@@ -97,7 +104,7 @@ def test_additive_precompute_is_the_key_projection():
 @pytest.mark.parametrize("kind,score", LOCAL)
 def test_local_attention_is_zero_outside_window_and_on_padding(kind, score):
     half_width = 1
-    attention = build_attention(kind, DIM, DIM, window=half_width, local_score=score)
+    attention = mechanism(kind, window=half_width, local_score=score)
     queries, encoder_outputs = random_inputs(steps=5)
     _, weights = attend(attention, queries, encoder_outputs)
     centres = attention.centres(queries, REAL_LENGTHS, first_step=0)
@@ -116,14 +123,14 @@ def test_local_attention_is_zero_outside_window_and_on_padding(kind, score):
 
 
 def test_local_m_centres_on_the_step_clamped_to_the_last_real_token():
-    attention = build_attention("local_m", DIM, DIM, window=1, local_score="dot")
+    attention = mechanism("local_m", window=1, local_score="dot")
     queries, _ = random_inputs(steps=2)
     centres = attention.centres(queries, REAL_LENGTHS, first_step=4)  # steps 4 and 5
     assert torch.equal(centres, torch.tensor([[4.0, 5.0], [2.0, 2.0]]))
 
 
 def test_local_p_centres_stay_inside_the_real_sentence():
-    attention = build_attention("local_p", DIM, DIM, window=2)
+    attention = mechanism("local_p", window=2)
     queries = torch.randn(2, 50, DIM) * 10
     centres = attention.centres(queries, REAL_LENGTHS, first_step=0)
     assert torch.all(centres >= 0)
@@ -135,7 +142,7 @@ def test_local_windows_sit_where_float32_puts_them_in_a_bf16_model(kind):
     """bf16 cannot count past 256 (its 281, 282 and 283 all read 280), so a bf16 model that
     placed its windows in its own precision would look at the wrong words of long sentences."""
     torch.manual_seed(0)
-    attention = build_attention(kind, DIM, DIM, window=2, local_score="dot")
+    attention = mechanism(kind, window=2, local_score="dot")
     queries, encoder_outputs = torch.randn(1, 4, DIM), torch.randn(1, 300, DIM)
     key_mask = torch.ones(1, 300, dtype=torch.bool)
     with torch.no_grad():
@@ -148,7 +155,7 @@ def test_local_windows_sit_where_float32_puts_them_in_a_bf16_model(kind):
         for dtype in (torch.float32, torch.bfloat16):
             attention.to(dtype)
             keys = attention.precompute(encoder_outputs.to(dtype))
-            _, weights = attention(queries.to(dtype), keys, encoder_outputs.to(dtype), key_mask, first_step=281)
+            weights = attention(queries.to(dtype), keys, encoder_outputs.to(dtype), key_mask, first_step=281).weights
             windows[dtype] = [row.nonzero().flatten().tolist() for row in weights[0]]
     assert windows[torch.bfloat16] == windows[torch.float32]
     if kind == "local_m":
@@ -157,7 +164,7 @@ def test_local_windows_sit_where_float32_puts_them_in_a_bf16_model(kind):
 
 @pytest.mark.parametrize("kind,score", [(kind, "general") for kind in GLOBAL] + LOCAL)
 def test_all_steps_at_once_equals_one_step_at_a_time(kind, score):
-    attention = build_attention(kind, DIM, DIM, window=1, local_score=score)
+    attention = mechanism(kind, window=1, local_score=score)
     queries, encoder_outputs = random_inputs(steps=5)
     context, weights = attend(attention, queries, encoder_outputs)
     for t in range(5):
@@ -167,7 +174,7 @@ def test_all_steps_at_once_equals_one_step_at_a_time(kind, score):
 
 
 def test_no_attention_gives_empty_context_and_zero_weights():
-    attention = build_attention("none", DIM, DIM)
+    attention = mechanism("none")
     queries, encoder_outputs = random_inputs()
     context, weights = attend(attention, queries, encoder_outputs)
     assert context.shape == (2, 4, 0)
@@ -176,7 +183,7 @@ def test_no_attention_gives_empty_context_and_zero_weights():
 
 def test_dot_attention_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="equal query and key sizes"):
-        build_attention("dot", DIM, DIM + 1)
+        mechanism("dot", key_dim=DIM + 1)
 
 
 # ------------------------------------------------------------------ transformer masks

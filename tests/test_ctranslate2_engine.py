@@ -151,6 +151,14 @@ def test_what_it_cannot_do_is_refused_by_name(options, model_options, fragment):
     assert fragment in str(error.value)
 
 
+@pytest.mark.parametrize("attention", ["hard", "monotonic", "gmm"])
+def test_rnn_attention_mechanisms_are_refused_by_name(attention):
+    cfg = ModelConfig(arch="gru", attention=attention, embed_dim=8, hidden_dim=8, encoder_layers=1, decoder_layers=1)
+    with pytest.raises(UserError, match="--engine ctranslate2") as error:
+        engine_for(build_model(cfg, SRC_VOCAB, SRC_VOCAB).eval(), PieceNames(SRC_VOCAB, SRC_VOCAB), settings())
+    assert f"model.attention {attention!r}" in str(error.value)
+
+
 @pytest.mark.parametrize(
     "limits",
     [

@@ -4,13 +4,14 @@ incremental decoding against teacher forcing."""
 import pytest
 import torch
 
-from seq2seq.config import ModelConfig
+from seq2seq.config import Config, ModelConfig
 from seq2seq.data.special import BOS_ID, PAD_ID
 from seq2seq.errors import UserError
 from seq2seq.models.builder import build_model, count_parameters, describe_model
 from seq2seq.models.state import reorder_state
 from seq2seq.models.multihead import KVCache
-from tests.synthetic import make_reverse_batch, sequence_loss
+from seq2seq.training.objective import batch_loss
+from tests.synthetic import make_reverse_batch
 
 SRC_VOCAB = 20
 TGT_VOCAB = 23  # differs from SRC_VOCAB for share_vocab: false models, to catch mix-ups
@@ -49,6 +50,19 @@ RNN_CASES = [
     ("rnn", "scaled_dot", "luong", {"attention_normalizer": "entmax15", "input_feeding": False}),
     ("lstm", "local_m", "luong", {"attention_normalizer": "entmax", "local_score": "dot"}),
     ("gru", "local_p", "bahdanau", {"attention_normalizer": "sparsemax", "local_score": "additive"}),
+    # Coverage, hard (every way of training it), monotonic and MoChA, Gaussian mixtures.
+    ("gru", "additive", "luong", {"coverage": True}),
+    ("lstm", "additive", "bahdanau", {"coverage": True, "attention_normalizer": "entmax15"}),
+    ("gru", "hard", "luong", {"hard_attention": "reinforce"}),
+    ("lstm", "hard", "bahdanau", {"hard_attention": "gumbel", "local_score": "dot"}),
+    ("gru", "hard", "luong", {"hard_attention": "exact", "local_score": "additive"}),
+    ("rnn", "hard", "luong", {"hard_attention": "exact", "input_feeding": False}),
+    ("gru", "hard", "luong", {"hard_attention": "reinforce", "input_feeding": False}),
+    ("gru", "monotonic", "luong", {}),
+    ("lstm", "monotonic", "bahdanau", {"chunk_size": 3, "local_score": "additive"}),
+    ("gru", "monotonic", "luong", {"chunk_size": 2, "input_feeding": False}),
+    ("gru", "gmm", "luong", {}),
+    ("lstm", "gmm", "bahdanau", {"gmm_components": 2}),
 ]
 TRANSFORMER_BASE = dict(
     arch="transformer", attention="scaled_dot", hidden_dim=16, heads=2, ffn_dim=32, encoder_layers=2,
@@ -111,9 +125,15 @@ def test_forward_backward_reaches_every_parameter(name):
     src, tgt_in, tgt_out = make_batch()
     logits = model(src, tgt_in)
     assert logits.shape == (*tgt_in.shape, model.tgt_vocab_size)
-    sequence_loss(logits, tgt_out).backward()
-    # No exceptions needed: the bridge feeds "none" models, and local_p's Gaussian carries
-    # gradients to its position predictor.
+    # The training objective (objective.py: hard attention's REINFORCE surrogate or exact sum,
+    # the coverage loss) with the trainer's arguments.
+    cfg = Config(model=ModelConfig(**CASES[name]))
+    cfg.train.coverage_loss = 1.0 if cfg.model.coverage else 0.0
+    real = (tgt_out.flatten() != PAD_ID).nonzero().squeeze(1)
+    sums = batch_loss(model, model.output_layer, src, tgt_in, real, tgt_out.flatten()[real], cfg)
+    sums.objective.backward()
+    # No exceptions needed: the bridge feeds "none" models, local_p's Gaussian carries
+    # gradients to its position predictor, REINFORCE's surrogate to hard attention's scores.
     for parameter_name, parameter in model.named_parameters():
         assert parameter.grad is not None, parameter_name
         assert parameter.grad.abs().sum() > 0, parameter_name
@@ -148,6 +168,8 @@ def test_attention_weights_are_zero_on_padding_and_sum_to_one(name):
             assert torch.all(sums == 0.0)
         case "local_p":  # Luong's Gaussian is applied after the softmax: at most 1
             assert torch.all(sums <= 1.0 + 1e-5) and torch.all(sums > 0.0)
+        case "monotonic" | "gmm":  # may run off the end of the source: at most 1
+            assert torch.all(sums <= 1.0 + 1e-5)
         case _:
             assert max_diff(sums, torch.ones_like(sums)) < 1e-5
 

@@ -18,7 +18,7 @@ def check_combinations(cfg: Config) -> None:
                 "model.attention: 'none' is not supported with model.arch transformer "
                 "(its decoder needs cross-attention); use scaled_dot or local"
             )
-        if m.attention in ("additive", "dot", "general"):
+        if m.attention in ("additive", "dot", "general", "hard", "monotonic", "gmm"):
             cfg.notes.append(
                 f"model.attention {m.attention} applies to RNN decoders; the Transformer uses "
                 "multi-head scaled dot-product attention (scaled_dot)"
@@ -39,6 +39,9 @@ def check_combinations(cfg: Config) -> None:
             cfg.notes.append(f"model.attention_normalizer {m.attention_normalizer} applies to RNN attention; the "
                              "Transformer's heads normalise with softmax")
             m.attention_normalizer = "softmax"
+        if m.coverage or cfg.train.coverage_loss:
+            cfg.notes.append("model.coverage and train.coverage_loss apply to RNN attention; ignored")
+            m.coverage, cfg.train.coverage_loss = False, 0.0
         cfg.notes.append(
             "the Transformer uses model.hidden_dim as d_model; RNN-only keys are ignored: "
             "embed_dim, bidirectional, decoder_style, input_feeding, local_score, bridge"
@@ -53,9 +56,14 @@ def check_combinations(cfg: Config) -> None:
         if m.decoder_style == "bahdanau":
             ignored.append("input_feeding (Bahdanau's decoder feeds the context itself)")
         if m.attention not in ("local_m", "local_p"):
-            ignored += ["window", "local_score (local_m/local_p only)"]
+            ignored.append("window (local_m/local_p only)")
+        if m.attention not in ("local_m", "local_p", "hard", "monotonic"):
+            ignored.append("local_score (local_m, local_p, hard, monotonic only)")
         cfg.notes.append(f"this RNN model ignores: {', '.join(ignored)}")
     check_architecture(m)
+    if cfg.train.coverage_loss and not m.coverage:
+        raise UserError(f"train.coverage_loss: {cfg.train.coverage_loss} needs model.coverage: true "
+                        "(it penalises attention that returns to covered positions); set both or neither")
     if m.share_vocab and not cfg.data.tokenizer.joint:
         raise UserError(
             "model.share_vocab: true needs data.tokenizer.joint: true (one vocabulary for both "
@@ -93,6 +101,7 @@ def check_architecture(m: ModelConfig) -> None:
         if m.bidirectional and m.hidden_dim % 2:
             raise UserError(f"model.hidden_dim: {m.hidden_dim} must be even with model.bidirectional: true "
                             "(each direction gets half)")
+        check_rnn_mechanism(m)
         if m.attention == "none" and not m.bridge:
             raise UserError("model.bridge: false with model.attention: none leaves the decoder blind to the "
                             "source; set model.bridge: true or choose an attention")
@@ -101,3 +110,16 @@ def check_architecture(m: ModelConfig) -> None:
             raise UserError(f"model.attention: {m.attention!r} is not a Transformer attention; use scaled_dot or local")
         if m.hidden_dim % m.heads:
             raise UserError(f"model.hidden_dim: {m.hidden_dim} must be divisible by model.heads ({m.heads})")
+
+
+def check_rnn_mechanism(m: ModelConfig) -> None:
+    """Which RNN attention keys go together."""
+    if m.coverage and m.attention != "additive":
+        raise UserError(f"model.coverage: true needs model.attention: additive, not {m.attention} "
+                        "(coverage enters the additive score, Tu et al. 2016)")
+    if m.attention in ("hard", "monotonic", "gmm") and m.attention_normalizer != "softmax":
+        raise UserError(f"model.attention_normalizer: {m.attention_normalizer} does not apply to model.attention: "
+                        f"{m.attention} (its weights come from its own rule, not a normaliser); use softmax")
+    if m.attention == "hard" and m.hard_attention == "exact" and m.decoder_style != "luong":
+        raise UserError("model.hard_attention: exact needs model.decoder_style: luong (the sum over positions "
+                        "is taken at the output; a Bahdanau decoder feeds the context into its RNN)")

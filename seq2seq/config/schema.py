@@ -13,7 +13,7 @@ import yaml
 
 RNN_ARCHS = ("rnn", "lstm", "gru")
 ARCHS = RNN_ARCHS + ("transformer",)
-RNN_ATTENTIONS = ("additive", "dot", "general", "scaled_dot", "local_m", "local_p", "none")
+RNN_ATTENTIONS = ("additive", "dot", "general", "scaled_dot", "local_m", "local_p", "hard", "monotonic", "gmm", "none")
 ATTENTIONS = RNN_ATTENTIONS + ("local",)
 
 
@@ -56,7 +56,8 @@ class DataConfig:
 class ModelConfig:
     arch: Literal["rnn", "lstm", "gru", "transformer"] = "gru"
     attention: Literal[
-        "additive", "dot", "general", "scaled_dot", "local_m", "local_p", "none", "local"
+        "additive", "dot", "general", "scaled_dot", "local_m", "local_p", "hard", "monotonic", "gmm", "none",
+        "local",
     ] = "additive"
     # Embedding size of the RNN models (the Transformer's is hidden_dim).
     embed_dim: int = field(default=256, metadata=_range(1))
@@ -75,11 +76,22 @@ class ModelConfig:
     bidirectional: bool = True
     decoder_style: Literal["bahdanau", "luong"] = "luong"
     input_feeding: bool = True
-    # Score function used inside local_m / local_p windows.
+    # Score function of the mechanisms that are not one: local_m, local_p, hard, monotonic.
     local_score: Literal["dot", "general", "scaled_dot", "additive"] = "general"
     # Scores -> attention weights: softmax, or sparse (exact zeros) sparsemax / 1.5-entmax /
     # alpha-entmax with alpha learned per attention.
     attention_normalizer: Literal["softmax", "sparsemax", "entmax15", "entmax"] = "softmax"
+    # Coverage (Tu et al. 2016): the additive score also reads the attention each source
+    # position has received so far.
+    coverage: bool = False
+    # How hard attention learns where to look: sampled positions scored by REINFORCE, the
+    # straight-through Gumbel-softmax, or the output summed exactly over every position.
+    hard_attention: Literal["reinforce", "gumbel", "exact"] = "reinforce"
+    gumbel_temperature: float = field(default=1.0, metadata=_range(0.0, lo_open=True))
+    # Monotonic attention: positions per chunk (MoChA); 1 is plain hard monotonic attention.
+    chunk_size: int = field(default=1, metadata=_range(1))
+    # Gaussian-mixture attention: number of components.
+    gmm_components: int = field(default=5, metadata=_range(1))
     bridge: bool = True
     # Transformer only.
     heads: int = field(default=4, metadata=_range(1))
@@ -113,6 +125,12 @@ class TrainConfig:
     plateau_patience: int = field(default=2, metadata=_range(0))
     clip_norm: float = field(default=0.0, metadata=_range(0.0))
     label_smoothing: float = field(default=0.1, metadata=_range(0.0, 1.0, hi_open=True))
+    # Weight of the coverage loss sum_i min(attention_i, coverage_i) (See et al. 2017), per
+    # target token; needs model.coverage.
+    coverage_loss: float = field(default=0.0, metadata=_range(0.0))
+    # Hard attention trained by REINFORCE: weight of the attention's entropy, a bonus that
+    # keeps it exploring.
+    entropy_bonus: float = field(default=0.01, metadata=_range(0.0))
     seed: int = field(default=42, metadata=_range(0, 2**32 - 1))
     log_every: int = field(default=50, metadata=_range(1))
     valid_every: int = field(default=500, metadata=_range(1))

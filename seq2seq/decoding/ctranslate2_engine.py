@@ -67,7 +67,8 @@ def unsupported(model: nn.Module, settings: TranslateSettings, device: torch.dev
     if hasattr(model, "members"):
         return "it decodes one checkpoint, not an ensemble"
     if not isinstance(model, Transformer):
-        return f"it decodes Transformer models only, not model.arch {model.config.arch!r}"
+        return (f"it decodes Transformer models only, not model.arch {model.config.arch!r} with model.attention "
+                f"{model.config.attention!r}")
     if model.config.attention != "scaled_dot":
         return f"it has no model.attention {model.config.attention!r} (it runs scaled_dot only)"
     checks = {

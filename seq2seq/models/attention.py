@@ -3,58 +3,43 @@
 Every mechanism answers the same question: given decoder queries and the encoder's outputs,
 how much should each source position count, and what is the weighted sum (the context)?
 
-    forward(queries [B,T,Dq], keys [B,S,*], values [B,S,Dv], key_mask [B,S], first_step)
-        -> context [B,T,Dv], weights [B,T,S]
+    forward(queries [B,T,Dq], keys, values [B,S,Dv], key_mask [B,S], first_step, state)
+        -> Attended(context [B,T,Dv], weights [B,T,S], state, log_probs)   (scores.py)
 
 ``T`` is 1 when the decoder runs step by step, and the whole target length when a Luong
-decoder without input feeding attends for all steps at once. ``keys`` is what
-``precompute(encoder_outputs)`` returned: a projection of the keys that does not depend on
-the query (W_k k for additive, W k for general) is computed once per sentence, not once per
-decoder step. ``key_mask`` is True on real source tokens; padding always gets exactly zero
-weight. ``first_step`` is the decoder position of the first query (local_m centres on it).
+decoder without input feeding attends for all steps at once (stateless mechanisms only).
+``keys`` is what ``precompute(encoder_outputs)`` returned: a projection of the keys that
+does not depend on the query (W_k k for additive, W k for general) is computed once per
+sentence, not once per decoder step. ``key_mask`` is True on real source tokens; padding
+always gets exactly zero weight. ``first_step`` is the decoder position of the first query
+(local_m centres on it). ``state`` is what the previous step returned (``initial_state`` at
+the first): the decoder keeps it in its own state, batch on dim 0, so beam search reorders it.
 
-Mechanisms (``build_attention`` picks one):
-    additive    Bahdanau et al. 2015:  score = v^T tanh(W_q q + W_k k + b)  (Luong's "concat"
-                when the query is the decoder's new output, rnn.py's luong style)
-    dot         Luong et al. 2015:     score = q^T k
-    general     Luong et al. 2015:     score = q^T W k
-    scaled_dot  Vaswani et al. 2017:   score = q^T k / sqrt(d)
-    local_m     Luong: only the window [t - D, t + D] around the decoder step t
+Mechanisms (``build_attention`` picks one; scores in scores.py):
+    additive, dot, general, scaled_dot   global: every real source position is scored
+    local_m     Luong et al. 2015: only the window [t - D, t + D] around the decoder step t
     local_p     Luong: a predicted window centre p_t, weights scaled by a Gaussian around it
+    hard        one position per step, drawn or argmax (hard_attention.py)
+    monotonic   left to right, never back; chunkwise with chunk_size > 1 (monotonic.py)
+    gmm         K Gaussians whose means only move forward (gmm_attention.py)
     none        no attention: an empty context, all-zero weights
+Coverage (Tu et al. 2016) adds the attention each position has received so far to the
+additive score; its state is that running sum.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from seq2seq.kernels import Linear, tanh_
+from seq2seq.kernels import Linear
+from seq2seq.models.gmm_attention import GMMAttention
+from seq2seq.models.hard_attention import HardAttention
+from seq2seq.models.monotonic import MonotonicAttention
 from seq2seq.models.normalizers import normalizer
+from seq2seq.models.scores import Attended, build_score
 
-# ------------------------------------------------------------------ pure functions
-
-
-def dot_scores(queries: Tensor, keys: Tensor) -> Tensor:
-    """q^T k for every query/key pair: [B,T,D] x [B,S,D] -> [B,T,S]."""
-    return queries @ keys.transpose(1, 2)
-
-
-def additive_scores(
-    projected_queries: Tensor, projected_keys: Tensor, v: nn.Linear, out: Tensor | None = None
-) -> Tensor:
-    """v^T tanh(W_q q + W_k k): [B,T,A] and [B,S,A] -> [B,T,S].
-
-    The [B,T,S,A] sum is the big tensor here: tanh runs in place on it (its backward needs
-    only its output; ``fastops.tanh_``, several times faster than torch.tanh on this CPU), and
-    without autograd the sum may be written into ``out``, a buffer of that shape kept between
-    decoding steps (a fresh one costs more in page faults than the sum).
-    """
-    queries, keys = projected_queries.unsqueeze(2), projected_keys.unsqueeze(1)
-    hidden = torch.add(queries, keys, out=out) if out is not None else queries + keys
-    return v(tanh_(hidden)).squeeze(-1)
+STATELESS: dict = {}  # the state of a mechanism that carries nothing from step to step
 
 
 def window_mask(centres: Tensor, length: int, half_width: int) -> Tensor:
@@ -70,104 +55,45 @@ def gaussian_weights(centres: Tensor, length: int, sigma: float) -> Tensor:
     return torch.exp(-distance.square() / (2 * sigma**2))
 
 
-# ------------------------------------------------------------------ score functions
-# Each has precompute(keys) (the query-independent part, done once per sentence) and
-# forward(queries, precomputed_keys) -> scores [B,T,S].
-
-
-class DotScore(nn.Module):
-    """q^T k, optionally divided by sqrt(d) so that scores do not grow with the dimension."""
-
-    def __init__(self, scaled: bool):
-        super().__init__()
-        self.scaled = scaled
-
-    def precompute(self, keys: Tensor) -> Tensor:
-        return keys
-
-    def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
-        scores = dot_scores(queries, keys)
-        return scores / math.sqrt(keys.size(-1)) if self.scaled else scores
-
-
-class GeneralScore(nn.Module):
-    """q^T W k, computed as q . (W k) so that W k is computed once per sentence."""
-
-    def __init__(self, query_dim: int, key_dim: int):
-        super().__init__()
-        self.key_to_query = Linear(key_dim, query_dim, bias=False)
-
-    def precompute(self, keys: Tensor) -> Tensor:
-        return self.key_to_query(keys)
-
-    def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
-        return dot_scores(queries, keys)
-
-
-class AdditiveScore(nn.Module):
-    """v^T tanh(W_q q + W_k k + b): a one-hidden-layer network scores each pair. (The papers
-    have no b; it costs nothing here and lets the hidden layer shift its tanh.)"""
-
-    def __init__(self, query_dim: int, key_dim: int, attention_dim: int):
-        super().__init__()
-        self.query_proj = Linear(query_dim, attention_dim, bias=False)
-        # The one bias sits on the key side, where it is precomputed for free.
-        self.key_proj = Linear(key_dim, attention_dim)
-        self.v = Linear(attention_dim, 1, bias=False)
-
-    def precompute(self, keys: Tensor) -> Tensor:
-        return self.key_proj(keys)
-
-    def forward(self, queries: Tensor, keys: Tensor) -> Tensor:
-        projected = self.query_proj(queries)
-        buffer = None
-        if not torch.is_grad_enabled():  # decoding: reuse one buffer for the [B,T,S,A] sum
-            shape = (*projected.shape[:2], keys.size(1), projected.size(2))
-            buffer = getattr(self, "_buffer", None)
-            if buffer is None or buffer.shape != shape or buffer.dtype != projected.dtype \
-                    or buffer.device != projected.device or buffer.is_inference() != torch.is_inference_mode_enabled():
-                buffer = projected.new_empty(shape)
-                self._buffer = buffer
-        return additive_scores(projected, keys, self.v, out=buffer)
-
-
-def build_score(kind: str, query_dim: int, key_dim: int) -> nn.Module:
-    """The score function named ``kind``; dot products need query_dim == key_dim."""
-    if kind in ("dot", "scaled_dot") and query_dim != key_dim:
-        raise ValueError(f"{kind} attention needs equal query and key sizes, not {query_dim}, {key_dim}")
-    match kind:
-        case "dot":
-            return DotScore(scaled=False)
-        case "scaled_dot":
-            return DotScore(scaled=True)
-        case "general":
-            return GeneralScore(query_dim, key_dim)
-        case "additive":
-            return AdditiveScore(query_dim, key_dim, attention_dim=query_dim)
-    raise ValueError(f"unknown attention score {kind!r}")
-
-
 # ------------------------------------------------------------------ attention modules
 
 
 class GlobalAttention(nn.Module):
-    """Attend over every real source position (additive, dot, general, scaled_dot)."""
+    """Attend over every real source position (additive, dot, general, scaled_dot), with
+    coverage optionally: the additive score also reads how much attention each position has
+    received so far, a running sum kept in the state."""
 
-    independent_queries = True  # any queries [B,T,...] may share a memory row (beam search)
-
-    def __init__(self, score: nn.Module, normalize: str = "softmax"):
+    def __init__(self, score: nn.Module, normalize: str = "softmax", coverage: bool = False):
         super().__init__()
         self.score = score
         self.normalize = normalizer(normalize)
+        self.coverage = coverage
+        # Any queries [B,T,...] may share a memory row (beam search), unless each reads its own
+        # row's coverage.
+        self.independent_queries = not coverage
+
+    def initial_state(self, keys: Tensor, mask: Tensor) -> dict:
+        if not self.coverage:
+            return STATELESS
+        return {"coverage": torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)}
 
     def precompute(self, keys: Tensor) -> Tensor:
         return self.score.precompute(keys)
 
     def forward(
-        self, queries: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, first_step: int = 0
-    ) -> tuple[Tensor, Tensor]:
-        weights = self.normalize(self.score(queries, keys), key_mask.unsqueeze(1)).to(values.dtype)
-        return weights @ values, weights
+        self, queries: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, first_step: int = 0,
+        state: dict | None = None,
+    ) -> Attended:
+        if not self.coverage:
+            weights = self.normalize(self.score(queries, keys), key_mask.unsqueeze(1)).to(values.dtype)
+            return Attended(weights @ values, weights, STATELESS)
+        if queries.size(1) != 1:
+            raise ValueError("coverage attention runs one decoder step at a time")
+        coverage = state["coverage"]
+        weights = self.normalize(self.score(queries, keys, coverage), key_mask.unsqueeze(1))
+        new_state = {"coverage": coverage + weights.squeeze(1).float()}
+        weights = weights.to(values.dtype)
+        return Attended(weights @ values, weights, new_state)
 
 
 class LocalAttention(nn.Module):
@@ -199,6 +125,9 @@ class LocalAttention(nn.Module):
                 Linear(query_dim, 1, bias=False),
             )
 
+    def initial_state(self, keys: Tensor, mask: Tensor) -> dict:
+        return STATELESS
+
     def precompute(self, keys: Tensor) -> Tensor:
         return self.score.precompute(keys)
 
@@ -212,15 +141,16 @@ class LocalAttention(nn.Module):
         return torch.minimum(steps.unsqueeze(0), last)
 
     def forward(
-        self, queries: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, first_step: int = 0
-    ) -> tuple[Tensor, Tensor]:
+        self, queries: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, first_step: int = 0,
+        state: dict | None = None,
+    ) -> Attended:
         length = keys.size(1)
         centres = self.centres(queries, key_mask.sum(dim=1), first_step)
         allowed = window_mask(centres, length, self.half_width) & key_mask.unsqueeze(1)
         weights = self.normalize(self.score(queries, keys), allowed).to(values.dtype)
         if self.predictive:
             weights = weights * gaussian_weights(centres, length, sigma=self.half_width / 2).to(weights.dtype)
-        return weights @ values, weights
+        return Attended(weights @ values, weights, STATELESS)
 
 
 class NoAttention(nn.Module):
@@ -228,33 +158,43 @@ class NoAttention(nn.Module):
 
     independent_queries = True
 
+    def initial_state(self, keys: Tensor, mask: Tensor) -> dict:
+        return STATELESS
+
     def precompute(self, keys: Tensor) -> Tensor:
         return keys
 
     def forward(
-        self, queries: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, first_step: int = 0
-    ) -> tuple[Tensor, Tensor]:
+        self, queries: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, first_step: int = 0,
+        state: dict | None = None,
+    ) -> Attended:
         batch, steps = queries.shape[:2]
         context = values.new_zeros(batch, steps, 0)
         weights = values.new_zeros(batch, steps, values.size(1))
-        return context, weights
+        return Attended(context, weights, STATELESS)
 
 
-def build_attention(
-    kind: str, query_dim: int, key_dim: int, window: int = 8, local_score: str = "general",
-    normalize: str = "softmax",
-) -> nn.Module:
-    """The RNN attention mechanism named ``kind`` (see the module docstring), its weights from
-    the normaliser ``normalize`` (normalizers.py)."""
-    match kind:
+def build_attention(cfg, query_dim: int, key_dim: int) -> nn.Module:
+    """The RNN attention mechanism of the model section ``cfg`` (see the module docstring):
+    cfg.attention, its score functions (cfg.local_score for the mechanisms that are not a
+    score themselves), cfg.attention_normalizer, cfg.coverage and the mechanisms' own keys."""
+    score = lambda kind, coverage=False: build_score(kind, query_dim, key_dim, coverage)  # noqa: E731
+    match cfg.attention:
         case "additive" | "dot" | "general" | "scaled_dot":
-            return GlobalAttention(build_score(kind, query_dim, key_dim), normalize)
+            return GlobalAttention(score(cfg.attention, cfg.coverage), cfg.attention_normalizer, cfg.coverage)
         case "local_m" | "local_p":
-            score = build_score(local_score, query_dim, key_dim)
-            return LocalAttention(score, window, query_dim, predictive=kind == "local_p", normalize=normalize)
+            return LocalAttention(score(cfg.local_score), cfg.window, query_dim, predictive=cfg.attention == "local_p",
+                                  normalize=cfg.attention_normalizer)
+        case "hard":
+            return HardAttention(score(cfg.local_score), cfg.hard_attention, cfg.gumbel_temperature)
+        case "monotonic":
+            chunk_score = score(cfg.local_score) if cfg.chunk_size > 1 else None
+            return MonotonicAttention(score(cfg.local_score), chunk_score, cfg.chunk_size)
+        case "gmm":
+            return GMMAttention(query_dim, cfg.gmm_components)
         case "none":
             return NoAttention()
-    raise ValueError(f"unknown RNN attention {kind!r}")
+    raise ValueError(f"unknown RNN attention {cfg.attention!r}")
 
 
 def context_size(kind: str, key_dim: int) -> int:

@@ -25,15 +25,18 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.data.special import PAD_ID
 from seq2seq.kernels import Dropout, Linear, dropout, lstm_step
 from seq2seq.models.attention import build_attention, context_size
+from seq2seq.models.hard_attention import marginal_log_probs
 from seq2seq.models.rnn_layers import (DirectionRunner, RNNHidden, RNNLayers, reverse_within_lengths, run_packed,
                                        run_to_lengths, to_batch_first, to_layers_first, top_layer,
                                        uses_packed_sequences)
+from seq2seq.models.scores import Attended
 from seq2seq.models.state import SharedRows, reorder_state
 
 class RNNEncoder(nn.Module):
@@ -122,9 +125,7 @@ class RNNDecoder(nn.Module):
         else:
             rnn_input_dim = cfg.embed_dim
         self.rnn = RNNLayers(cfg.arch, rnn_input_dim, cfg.hidden_dim, cfg.decoder_layers, dropout=cfg.dropout)
-        self.attention = build_attention(
-            cfg.attention, cfg.hidden_dim, encoder_dim, cfg.window, cfg.local_score, cfg.attention_normalizer
-        )
+        self.attention = build_attention(cfg, cfg.hidden_dim, encoder_dim)
         self.attentional = Linear(context_dim + cfg.hidden_dim, cfg.hidden_dim, bias=False)
         num_states = 2 if cfg.arch == "lstm" else 1
         self.bridge = None
@@ -154,58 +155,84 @@ class RNNDecoder(nn.Module):
                 {"keys": self.attention.precompute(memory), "values": memory, "mask": encoded["mask"]}
             ),
             "hidden": hidden,
+            # What the mechanism carries from step to step (coverage, alignment, means), if anything.
+            "attention": self.attention.initial_state(memory, encoded["mask"]),
             "step": 0,
         }
         if self.input_feeding:
             state["feed"] = memory.new_zeros(batch, 1, self.hidden_dim)
         return state
 
-    def forward(self, tgt_in: Tensor, state: dict, project: bool = True) -> tuple[Tensor, Tensor]:
-        """Teacher forcing over the whole target: -> logits [B,T,V], attention weights [B,T,S].
-        With ``project=False`` the vectors that ``self.output`` would project."""
+    @property
+    def marginalises(self) -> bool:
+        """Hard attention trained exactly: the output is summed over every source position."""
+        return self.training and getattr(self.attention, "mode", None) == "exact"
+
+    def forward(self, tgt_in: Tensor, state: dict, project: bool = True) -> tuple[Tensor, Tensor, dict]:
+        """Teacher forcing over the whole target: -> logits [B,T,V], attention weights [B,T,S] and
+        the terms the training objective may need (objective.py): hard attention's
+        ``log_probs`` [B,T,S] and, trained exactly, the ``candidates`` [B,T,S,E] (the features
+        of every source position; the logits are then log p(y) summed over them). With
+        ``project=False`` the vectors that ``self.output`` would project."""
         embedded = self.dropout(self.embedding(tgt_in))
         hidden = to_layers_first(state["hidden"])
-        if self.style == "luong" and not self.input_feeding:
+        if self.style == "luong" and not self.input_feeding and not state["attention"]:
             # Nothing flows from one step's attention into the next: one RNN call over the whole
             # target, then one batched attention for all steps.
             outputs, _ = self.rnn(embedded, hidden)
-            context, weights = self._attend(outputs, state, first_step=state["step"])
-            attentional = torch.tanh(self.attentional(torch.cat([context, outputs], dim=-1)))
+            attended = self._attend(outputs, state, state["attention"], first_step=state["step"])
+            attentional, candidates = self._combine(attended, outputs, state)
+            weights, log_probs = attended.weights, attended.log_probs
         else:
-            attentional_t = state.get("feed")  # read back only by Luong input feeding
+            attentional_t, attention_state = state.get("feed"), state["attention"]
             rnn: RNNLayers | lstm_step.DeferredLSTM = self.rnn
             if lstm_step.applies(self.rnn.stack(), embedded):
                 rnn = lstm_step.DeferredLSTM(self.rnn.stack(), self.rnn.dropout)
-            outputs, step_weights = [], []
+            steps = []
             # unbind, not embedded[:, t]: one backward node for all steps; T slices would each
             # zero-fill a gradient the size of the whole target.
             for t, embedded_t in enumerate(embedded.unbind(1)):
-                attentional_t, hidden, weights_t = self._decode_step(
-                    embedded_t.unsqueeze(1), hidden, attentional_t, state, state["step"] + t, rnn
+                attentional_t, hidden, attended, candidates_t = self._decode_step(
+                    embedded_t.unsqueeze(1), hidden, attentional_t, state, attention_state, state["step"] + t, rnn
                 )
-                outputs.append(attentional_t)
-                step_weights.append(weights_t)
-            attentional, weights = torch.cat(outputs, dim=1), torch.cat(step_weights, dim=1)
+                attention_state = attended.state
+                steps.append((attentional_t, attended.weights, attended.log_probs, candidates_t))
+            attentional, weights, log_probs, candidates = (
+                None if column[0] is None else torch.cat(column, dim=1) for column in zip(*steps)
+            )
         features = self._features(attentional)
-        return (self.output(features) if project else features), weights
+        terms = {"log_probs": log_probs}
+        if candidates is not None:
+            terms["candidates"] = self._features(candidates)
+        if not project:
+            return features, weights, terms
+        if candidates is not None:
+            return marginal_log_probs(self.output(terms["candidates"]), log_probs), weights, terms
+        return self.output(features), weights, terms
 
     def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:
         """One target position: prev_tokens [B] -> logits [B,V], new state, weights [B,S]."""
         embedded = self.dropout(self.embedding(prev_tokens.unsqueeze(1)))
         hidden = to_layers_first(state["hidden"])
-        attentional, hidden, weights = self._decode_step(
-            embedded, hidden, state.get("feed"), state, state["step"], self.rnn
+        attentional, hidden, attended, candidates = self._decode_step(
+            embedded, hidden, state.get("feed"), state, state["attention"], state["step"], self.rnn
         )
-        new_state = {**state, "hidden": to_batch_first(hidden), "step": state["step"] + 1}
+        new_state = {**state, "hidden": to_batch_first(hidden), "attention": attended.state,
+                     "step": state["step"] + 1}
         if self.input_feeding:
             new_state["feed"] = attentional
-        return self.output(self._features(attentional)).squeeze(1), new_state, weights.squeeze(1)
+        if candidates is not None:
+            logits = marginal_log_probs(self.output(self._features(candidates)), attended.log_probs)
+        else:
+            logits = self.output(self._features(attentional))
+        return logits.squeeze(1), new_state, attended.weights.squeeze(1)
 
     def _decode_step(
-        self, embedded: Tensor, hidden: RNNHidden, feed: Tensor | None, state: dict, step: int,
-        rnn: RNNLayers | lstm_step.DeferredLSTM,
-    ) -> tuple[Tensor, RNNHidden, Tensor]:
-        """One position; embedded [B,1,E] -> attentional state [B,1,H], new hidden, weights [B,1,S].
+        self, embedded: Tensor, hidden: RNNHidden, feed: Tensor | None, state: dict, attention_state: dict,
+        step: int, rnn: RNNLayers | lstm_step.DeferredLSTM,
+    ) -> tuple[Tensor, RNNHidden, Attended, Tensor | None]:
+        """One position; embedded [B,1,E] -> attentional state [B,1,H], new hidden, what the
+        attention returned, and the candidates of exact hard attention (else None).
 
         ``rnn`` is the decoder's RNNLayers, whose nn.RNN/GRU/LSTM layers each take one step a
         call: their fused CPU kernel (oneDNN) beat both a hand-written cell and one whose
@@ -215,17 +242,30 @@ class RNNDecoder(nn.Module):
         lstm_step.py).
         """
         if self.style == "bahdanau":
-            context, weights = self._attend(top_layer(hidden).unsqueeze(1), state, step)
-            output, hidden = rnn(torch.cat([embedded, context], dim=-1), hidden)
+            attended = self._attend(top_layer(hidden).unsqueeze(1), state, attention_state, step)
+            output, hidden = rnn(torch.cat([embedded, attended.context], dim=-1), hidden)
         else:
             rnn_input = torch.cat([embedded, feed], dim=-1) if self.input_feeding else embedded
             output, hidden = rnn(rnn_input, hidden)
-            context, weights = self._attend(output, state, step)
-        attentional = torch.tanh(self.attentional(torch.cat([context, output], dim=-1)))
-        return attentional, hidden, weights
+            attended = self._attend(output, state, attention_state, step)
+        attentional, candidates = self._combine(attended, output, state)
+        return attentional, hidden, attended, candidates
 
-    def _attend(self, queries: Tensor, state: dict, first_step: int) -> tuple[Tensor, Tensor]:
-        """queries [B,T,H] -> context [B,T,C], weights [B,T,S].
+    def _combine(self, attended: Attended, output: Tensor, state: dict) -> tuple[Tensor, Tensor | None]:
+        """The attentional state h~ = tanh(W_c [c; h]) [B,T,H]. Exact hard attention in training
+        has no single c: it returns the h~ of every source position s, tanh(W_c [v_s; h])
+        [B,T,S,H], as candidates, and their expectation under p(s) as the state fed onwards."""
+        if not self.marginalises:
+            return torch.tanh(self.attentional(torch.cat([attended.context, output], dim=-1))), None
+        values = state["memory"].expanded()["values"]
+        from_values = F.linear(values, self.attentional.weight[:, :values.size(-1)])  # [B,S,H]
+        from_output = F.linear(output, self.attentional.weight[:, values.size(-1):])  # [B,T,H]
+        candidates = torch.tanh(from_values.unsqueeze(1) + from_output.unsqueeze(2))
+        expected = (attended.weights.unsqueeze(-1).to(candidates.dtype) * candidates).sum(dim=2)
+        return expected, candidates
+
+    def _attend(self, queries: Tensor, state: dict, attention_state: dict, first_step: int) -> Attended:
+        """queries [B,T,H] -> what the attention returns (context [B,T,C], weights [B,T,S], ...).
 
         When each sentence's memory is shared by a group of g rows (its beams), and the
         attention treats queries independently, the g rows' queries go in as g queries of
@@ -233,15 +273,17 @@ class RNNDecoder(nn.Module):
         """
         memory: SharedRows = state["memory"]
         group = memory.group
-        if group > 1 and getattr(self.attention, "independent_queries", False) and queries.size(1) == 1:
+        if group > 1 and self.attention.independent_queries and queries.size(1) == 1:
             m = memory.entries
             batch = queries.size(0)
-            context, weights = self.attention(
-                queries.reshape(batch // group, group, -1), m["keys"], m["values"], m["mask"], first_step
+            attended = self.attention(
+                queries.reshape(batch // group, group, -1), m["keys"], m["values"], m["mask"], first_step,
+                attention_state,
             )
-            return context.reshape(batch, 1, -1), weights.reshape(batch, 1, -1)
+            return attended._replace(context=attended.context.reshape(batch, 1, -1),
+                                     weights=attended.weights.reshape(batch, 1, -1))
         m = memory.expanded()
-        return self.attention(queries, m["keys"], m["values"], m["mask"], first_step)
+        return self.attention(queries, m["keys"], m["values"], m["mask"], first_step, attention_state)
 
     def _features(self, attentional: Tensor) -> Tensor:
         """What the output layer projects to the vocabulary."""
@@ -278,10 +320,16 @@ class RNNSeq2Seq(nn.Module):
 
     def forward(
         self, src: Tensor, tgt_in: Tensor, return_attention: bool = False, features_only: bool = False,
-        host_lengths: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
+        host_lengths: Tensor | None = None, objective_terms: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, dict]:
+        """-> logits [B,T,V] (or, ``features_only``, what the output layer projects), with the
+        attention weights [B,T,S] when ``return_attention``; ``objective_terms`` returns instead
+        a dict of what the training objective may need: ``weights`` and RNNDecoder.forward's
+        terms."""
         encoded = self.encode(src, host_lengths)
-        logits, attention = self.decoder(tgt_in, self.init_state(encoded), project=not features_only)
+        logits, attention, terms = self.decoder(tgt_in, self.init_state(encoded), project=not features_only)
+        if objective_terms:
+            return logits, {"weights": attention, **terms}
         return (logits, attention) if return_attention else logits
 
     def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:

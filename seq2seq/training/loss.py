@@ -23,22 +23,36 @@ class LossSums:
     nll: torch.Tensor  # plain negative log-likelihood summed over real tokens (for perplexity)
     correct: torch.Tensor  # argmax hits on real tokens (for token accuracy)
     tokens: torch.Tensor  # number of real target tokens
+    # What the objective adds and the figures leave out (an attention mechanism's own terms:
+    # the REINFORCE surrogate, the coverage loss), summed over the same tokens; None if nothing.
+    penalty: torch.Tensor | None = None
+
+    @property
+    def objective(self) -> torch.Tensor:
+        """What the backward pass differentiates: the loss plus the penalty."""
+        return self.loss if self.penalty is None else self.loss + self.penalty
 
 
-def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> LossSums:
-    """Sums over non-pad positions of ``(1-eps)*nll + eps*mean_over_vocab(-log p)``.
+def smoothed_nll_per_token(log_probs: torch.Tensor, target: torch.Tensor,
+                           smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1-eps)*nll + eps*mean_over_vocab(-log p)`` and the plain nll, per row: [N,V], [N] -> [N], [N].
 
     This is torch's ``cross_entropy(label_smoothing=eps)`` definition (eps spread uniformly
     over all V classes), written out so the NLL and accuracy come from the same log-softmax.
     """
+    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+    uniform = -log_probs.mean(dim=-1)
+    return (1.0 - smoothing) * nll + smoothing * uniform, nll
+
+
+def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> LossSums:
+    """Sums over non-pad positions of the label-smoothed loss (``smoothed_nll_per_token``)."""
     vocab = logits.size(-1)
     logits = logits.reshape(-1, vocab)
     target = target.reshape(-1)
     real = target != PAD_ID
     log_probs = F.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
-    uniform = -log_probs.mean(dim=-1)
-    per_token = (1.0 - smoothing) * nll + smoothing * uniform
+    per_token, nll = smoothed_nll_per_token(log_probs, target, smoothing)
     zero = torch.zeros((), device=logits.device)
     return LossSums(
         loss=torch.where(real, per_token, zero).sum(),

@@ -43,7 +43,7 @@ from seq2seq import run_folder
 from seq2seq.training.budget import TimeBudget
 from seq2seq.training.data_order import accumulation_steps, uneven_update_warning, update_batches
 from seq2seq.training.distributed import DistInfo, all_gather_objects, all_reduce_sum, broadcast_from_main
-from seq2seq.training.loss import projected_smoothed_nll
+from seq2seq.training.objective import batch_loss
 from seq2seq.training.progress import Progress, Window
 from seq2seq.training.records import MetricsLog, trim_metrics
 from seq2seq.training.run_state import RunState, TrainSummary
@@ -180,11 +180,9 @@ class Trainer:
             sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 with autocast_context(cfg, self.device):
-                    features = model(src, tgt_in, features_only=True,
-                                     host_lengths=host_lengths).flatten(0, 1).index_select(0, real)
-                    loss = projected_smoothed_nll(features, self.model.output_layer, target,
-                                                  cfg.train.label_smoothing)
-                self.scaler.scale(loss.loss).backward()
+                    loss = batch_loss(model, self.model.output_layer, src, tgt_in, real, target, cfg,
+                                      host_lengths)
+                self.scaler.scale(loss.objective).backward()
             sums += torch.stack([loss.loss.detach(), loss.nll.detach(), loss.correct.float()])
             tgt_tokens += batch.n_tgt_tokens
             src_tokens += batch.n_src_tokens
