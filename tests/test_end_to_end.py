@@ -133,3 +133,30 @@ grid:
     # a changed sweep makes its points unfinished again
     sweep.write_text(sweep.read_text().replace("train.max_steps: 8", "train.max_steps: 9"), encoding="utf-8")
     assert attn("experiment", str(sweep), "--dry-run", cwd=ROOT).stdout.count("to run") == 2
+
+
+def test_the_rnn_taxonomy_sweep_trains_and_ranks_every_mechanism(workspace: Path):
+    """configs/sweep_rnn_taxonomy.yaml, every point as it is, on the tiny slice and budget."""
+    import yaml
+
+    taxonomy = yaml.safe_load((ROOT / "configs" / "sweep_rnn_taxonomy.yaml").read_text(encoding="utf-8"))
+    small = {"base": str(workspace / "tiny.yaml"), "output_dir": str(workspace / "taxonomy"),
+             "set": {"train.max_steps": 4, "train.valid_every": 4, "train.log_every": 4, "decode.beam_size": 1},
+             "points": taxonomy["points"]}
+    sweep = workspace / "taxonomy.yaml"
+    sweep.write_text(yaml.safe_dump(small), encoding="utf-8")
+    attn("experiment", str(sweep), cwd=ROOT)
+    rows = (workspace / "taxonomy" / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(taxonomy["points"]) == 18
+    from seq2seq.config.schema import RNN_ATTENTIONS
+    from seq2seq.models.hard_attention import HARD_MODES
+    from seq2seq.models.normalizers import NORMALIZERS
+
+    def named(key: str) -> set:
+        return {point[key] for point in taxonomy["points"] if key in point}
+
+    # every mechanism, every way to train hard attention, every sparse normaliser, coverage, MoChA
+    assert named("model.attention") == set(RNN_ATTENTIONS)
+    assert named("model.hard_attention") == set(HARD_MODES)
+    assert named("model.attention_normalizer") == set(NORMALIZERS) - {"softmax"}
+    assert named("model.coverage") == {True} and named("model.chunk_size")

@@ -36,8 +36,10 @@ def train_losses(out) -> dict[int, float]:
 
 # The second: an LSTM decoder of 2 layers with input feeding, which in training runs attn's own
 # steps (seq2seq/kernels/lstm_step.py) with attn's dropout between the layers.
+# The third draws its attention positions (REINFORCE), so the resumed run must draw the same.
 MODELS = {"default": (), "lstm-input-feeding": ("model.arch=lstm", "model.decoder_layers=2",
-                                                "model.decoder_style=luong", "model.input_feeding=true")}
+                                                "model.decoder_style=luong", "model.input_feeding=true"),
+          "hard-attention": ("model.attention=hard", "model.hard_attention=reinforce")}
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -225,6 +225,42 @@ def test_batched_beam_equals_one_sentence_at_a_time(model_name, src, request):
         assert [h.score for h in nbest] == pytest.approx([h.score for h in alone], abs=1e-5)
 
 
+# RNN attention that carries a state from step to step, which beam search must reorder with
+# the beams (monotonic's alignment, the Gaussians' means, coverage), and hard attention.
+STATEFUL = {
+    "monotonic": dict(attention="monotonic"),
+    "mocha": dict(attention="monotonic", chunk_size=2, local_score="dot"),
+    "gmm": dict(attention="gmm", gmm_components=2),
+    "coverage": dict(attention="additive", coverage=True),
+    "hard": dict(attention="hard"),
+}
+
+
+@pytest.fixture(scope="module", params=list(STATEFUL))
+def stateful(request) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="gru", embed_dim=16, hidden_dim=16, encoder_layers=1, decoder_layers=1, dropout=0.0,
+                      **STATEFUL[request.param])
+    model = build_model(cfg, 12, 12).eval()
+    with torch.no_grad():
+        model.decoder.output.bias[EOS_ID] = -1.0  # outputs of mixed lengths
+        if cfg.coverage:
+            model.decoder.attention.score.coverage_weight.normal_()  # as if trained: coverage moves scores
+    return model
+
+
+def test_stateful_attention_beams_equal_one_sentence_at_a_time_and_forced_scoring(stateful, src):
+    batched = beam_search(stateful, src, 3, 1.0, **LIMITS, nbest=3)
+    for i, nbest in enumerate(batched):
+        alone = beam_search(stateful, only_real_positions(src, i), 3, 1.0, **LIMITS, nbest=3)[0]
+        assert [h.tokens for h in nbest] == [h.tokens for h in alone]
+        assert [h.score for h in nbest] == pytest.approx([h.score for h in alone], abs=1e-5)
+        rescored = forced_score(stateful, src[i : i + 1].expand(len(nbest), -1), [h.tokens for h in nbest], 1.0)
+        assert [h.score for h in nbest] == pytest.approx(rescored, abs=1e-4)
+    lengths = {len(h.tokens) for nbest in batched for h in nbest}
+    assert len(lengths) > 1  # sentences end at different steps: finished rows leave the batch
+
+
 @pytest.mark.parametrize("model_name", ["model", "transformer"])
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_nbest_is_sorted_and_scores_match_forced_scoring(model_name, src, alpha, request):
