@@ -219,6 +219,7 @@ def leaderboard_rows(sweep: Sweep) -> list[dict[str, Any]]:
         bleus.append(report["bleu"])
         records = read_metrics(point.output_dir / METRICS_FILE)
         speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+        peaks = [r["peak_rss_mib"] for r in records if r.get("peak_rss_mib") is not None]
         valids = [r for r in records if "valid_bleu" in r]
         rows.append({
             "point": point.name,
@@ -228,6 +229,7 @@ def leaderboard_rows(sweep: Sweep) -> list[dict[str, Any]]:
             "parameters": count_parameters(point),
             "train_seconds": train_seconds(point),
             "tokens_per_s": round(sum(speeds) / len(speeds)) if speeds else "",
+            "peak_rss_mib": round(max(peaks)) if peaks else "",
             "best_step": valids[-1].get("best_step", "") if valids else "",
         })
     # Ranked by the unrounded BLEU: rounded scores would tie.

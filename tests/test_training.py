@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -470,3 +471,17 @@ def test_live_status_line_is_ended_once_and_shows_no_speed_before_it_is_known():
     progress.finish()  # e.g. max_minutes ran out between log lines
     progress.finish()
     assert terminal.getvalue().endswith("   \n") and terminal.getvalue().count("\n") == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(),
+                    reason="resetting the peak RSS needs Linux's /proc/self/clear_refs")
+def test_peak_rss_counts_from_the_last_reset():
+    from seq2seq.training.memory import peak_rss_mib, reset_peak_rss
+
+    reset_peak_rss()
+    before = peak_rss_mib()
+    block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    high = peak_rss_mib()
+    del block
+    reset_peak_rss()
+    assert high - before > 250 and peak_rss_mib() < high - 250

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from seq2seq.training.memory import peak_rss_mib
+
 
 class Window:
     """Figures accumulated between two log lines (kept on the device until read)."""
@@ -46,6 +48,7 @@ class Window:
             "tokens_per_s": s["tokens"] / seconds,
             "src_tokens_per_s": s["src_tokens"] / seconds,
             "skipped_steps": skipped_steps,
+            "peak_rss_mib": peak_rss_mib(),  # this process's, since the run started
         }
 
 

@@ -22,6 +22,7 @@ from seq2seq.models.builder import describe_model
 from seq2seq.run_folder import CONFIG_FILE, TENSORBOARD_DIR
 from seq2seq.training.distributed import DistInfo, cleanup, dist_info
 from seq2seq.training.progress import Progress
+from seq2seq.training.memory import reset_peak_rss
 from seq2seq.training.run_state import TrainSummary
 from seq2seq.training.setup import clear_earlier_run, prepare_run, seed_everything, set_up_process
 from seq2seq.training.signals import interrupt_handler
@@ -45,6 +46,7 @@ def _train_in_group(cfg: Config, info: DistInfo, resume: bool, overwrite: bool, 
                     quiet: bool) -> TrainSummary:
     """``train`` within the process group (under torchrun) and the folder clean-up."""
     main_log = log if info.is_main else (lambda m: None)
+    reset_peak_rss()  # the log lines' peak_rss_mib is this run's, not an earlier sweep point's
     device = set_up_process(cfg, info, main_log)
     out, prepared, writer = prepare_run(cfg, info, resume, overwrite, main_log)
     seed_everything(cfg.train.seed)
