@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale gpu-check clean
+.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-taxonomy gpu-check clean
 
 install: $(STAMP)
 
@@ -49,6 +49,10 @@ bench-quality: install
 
 bench-scale: install
 	$(PY) -m bench.scale
+
+# Every RNN attention mechanism, 4 minutes each on the full corpus (about 85 minutes).
+bench-taxonomy: install
+	$(PY) -m bench.taxonomy
 
 # Every GPU code path once on the bundled sample corpus, then one table (under 9 minutes on
 # one H100; without a GPU it says so and exits 0). Details: bench/gpu_check.py.
