@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-taxonomy gpu-check clean
+.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-taxonomy bench-coverage gpu-check clean
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ bench-scale: install
 # Every RNN attention mechanism, 4 minutes each on the full corpus (about 85 minutes).
 bench-taxonomy: install
 	$(PY) -m bench.taxonomy
+
+# Attention paid twice with and without coverage, from bench-taxonomy's runs (a few minutes).
+bench-coverage: install
+	$(PY) -m bench.coverage_pair
 
 # Every GPU code path once on the bundled sample corpus, then one table (under 9 minutes on
 # one H100; without a GPU it says so and exits 0). Details: bench/gpu_check.py.

@@ -96,6 +96,20 @@ def test_gumbel_draws_follow_p_and_pass_gradients():
     assert query.grad.abs().sum() > 0  # straight through
 
 
+def test_exact_hard_attention_decodes_the_model_it_trains():
+    """Without dropout, training and decoding compute the same sum over positions (and the
+    step-by-step decoder equals the full pass, tests/test_models.py)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="gru", attention="hard", hard_attention="exact", embed_dim=16, hidden_dim=16,
+                      encoder_layers=1, decoder_layers=1, dropout=0.0)
+    model = build_model(cfg, 20, 20)
+    src, tgt_in, _ = make_reverse_batch(4, 20, 3, 7, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        trained, decoded = model.train()(src, tgt_in), model.eval()(src, tgt_in)
+    assert torch.allclose(trained, decoded, atol=1e-5)
+    assert torch.allclose(decoded.exp().sum(-1), torch.ones(decoded.shape[:2]), atol=1e-5)
+
+
 def test_exact_marginal_is_a_distribution_and_the_mixture():
     torch.manual_seed(0)
     candidate_logits, log_p = torch.randn(3, 5, 7), torch.randn(3, 5).log_softmax(-1)
@@ -142,18 +156,50 @@ def test_expected_alignment_is_the_average_of_sampled_hard_alignments():
     assert torch.all((average - expected).abs() <= 4 * error + 2e-3), (average, expected)
 
 
-def test_expected_alignment_ignores_padding_and_stays_finite_on_long_sources():
-    energies = torch.randn(2, 6)
-    previous = torch.tensor([[0.3, 0.5, 0.2, 0.0, 0.0, 0.0]] * 2)
-    padded = expected_alignment(energies, KEY_MASK, previous)
-    truncated = expected_alignment(energies[1:, :3], torch.ones(1, 3, dtype=torch.bool), previous[1:, :3])
-    assert torch.allclose(padded[1, :3], truncated[0]) and torch.all(padded[1, 3:] == 0)
-    # 500 positions that almost never stop: the product of (1 - p) underflows float32 in a naive
-    # cumulative product; in log space the alignment is still finite and sums to at most 1.
-    long = expected_alignment(torch.full((1, 500), -3.0, requires_grad=True), torch.ones(1, 500, dtype=torch.bool),
-                              torch.nn.functional.one_hot(torch.tensor([0]), 500).float())
-    assert torch.isfinite(long).all() and long.sum() <= 1 + 1e-5
-    long.sum().backward()
+def reference_alignment(p: list[float], previous: list[float]) -> list[float]:
+    """alpha_j = p_j sum_{k<=j} previous_k prod_{l=k}^{j-1} (1 - p_l), term by term in float64."""
+    alignment = []
+    for j in range(len(p)):
+        total = 0.0
+        for k in range(j + 1):
+            keep = 1.0
+            for l in range(k, j):  # noqa: E741
+                keep *= 1 - p[l]
+            total += previous[k] * keep
+        alignment.append(p[j] * total)
+    return alignment
+
+
+def test_expected_alignment_is_raffels_recurrence_and_ignores_padding():
+    torch.manual_seed(0)
+    energies, previous = torch.randn(2, 6) * 3, torch.rand(2, 6).softmax(-1)
+    previous[1, 3:] = 0.0
+    alignment = expected_alignment(energies, KEY_MASK, previous)
+    for row in range(2):
+        real = int(KEY_MASK[row].sum())
+        expected = reference_alignment(torch.sigmoid(energies[row, :real]).double().tolist(),
+                                       previous[row, :real].double().tolist())
+        assert torch.allclose(alignment[row, :real].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-6)
+    assert torch.all(alignment[1, 3:] == 0)
+
+
+def test_expected_alignment_has_no_division_by_a_vanishing_product():
+    """Energies of +8 make 1 - p = 3e-4: the products of Raffel et al.'s closed form,
+    cumprod(1 - p), reach 0 within a dozen positions and its division by them gives NaN."""
+    energies = torch.full((1, 300), 8.0, requires_grad=True)
+    alignment = expected_alignment(energies, torch.ones(1, 300, dtype=torch.bool), torch.full((1, 300), 1 / 300))
+    assert torch.isfinite(alignment).all() and alignment.sum() <= 1 + 1e-5
+    assert torch.allclose(alignment, torch.full((1, 300), torch.sigmoid(torch.tensor(8.0)).item() / 300), rtol=1e-3)
+    alignment.sum().backward()
+    assert torch.isfinite(energies.grad).all()
+
+
+def test_monotonic_alignment_stays_float32_under_autocast():
+    energies, previous = torch.randn(1, 40), torch.rand(1, 40).softmax(-1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        alignment = expected_alignment(energies, torch.ones(1, 40, dtype=torch.bool), previous)
+    assert alignment.dtype == torch.float32
+    assert torch.allclose(alignment, expected_alignment(energies, torch.ones(1, 40, dtype=torch.bool), previous))
 
 
 def test_hard_alignment_reads_forward_from_the_previous_position():

@@ -122,4 +122,4 @@ def check_rnn_mechanism(m: ModelConfig) -> None:
                         f"{m.attention} (its weights come from its own rule, not a normaliser); use softmax")
     if m.attention == "hard" and m.hard_attention == "exact" and m.decoder_style != "luong":
         raise UserError("model.hard_attention: exact needs model.decoder_style: luong (the sum over positions "
-                        "is taken at the output; a Bahdanau decoder feeds the context into its RNN)")
+                        "is taken at the output; a Bahdanau decoder feeds the one context read into its RNN)")

@@ -29,7 +29,8 @@ def mixture_weights(means: Tensor, widths: Tensor, mixture: Tensor, length: int)
     """sum_k pi_k P(s - 1/2 < X_k < s + 1/2), X_k ~ N(mu_k, sigma_k^2): [B,K] x 3 -> [B,length]."""
     positions = torch.arange(length, device=means.device, dtype=means.dtype).view(1, 1, -1)
     mu, sigma = means.unsqueeze(-1), widths.unsqueeze(-1)
-    mass = normal_cdf((positions + 0.5 - mu) / sigma) - normal_cdf((positions - 0.5 - mu) / sigma)
+    # (clamped: far in a tail the two CDFs round to a difference of -1e-8)
+    mass = (normal_cdf((positions + 0.5 - mu) / sigma) - normal_cdf((positions - 0.5 - mu) / sigma)).clamp(min=0)
     return (mixture.unsqueeze(-1) * mass).sum(dim=1)
 
 

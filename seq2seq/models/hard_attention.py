@@ -14,6 +14,9 @@ choice is not differentiable, so training takes one of three routes (``mode``):
     exact      no sample: the decoder's output is marginalised over every position,
                p(y_t) = sum_s p(a_t = s) p(y_t | a_t = s) (Deng et al. 2018's latent alignment
                model); the decoder and the objective do the sum, this returns p and its log.
+               Decoding computes the same sum (the model trained is that sum, and a Luong
+               decoder feeds it the expected attentional state), so its maps show p, whose
+               argmax is the position --alignments reports.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def gumbel_straight_through(log_probs: Tensor, temperature: float) -> Tensor:
 
 class HardAttention(nn.Module):
     """One source position per query (see the module docstring); weights are one-hot except
-    in ``exact`` training, where they are p itself."""
+    with ``exact``, where they are p itself."""
 
     independent_queries = True
 
@@ -71,16 +74,17 @@ class HardAttention(nn.Module):
         state: dict | None = None,
     ) -> Attended:
         log_probs = masked_log_softmax(self.score(queries, keys), key_mask.unsqueeze(1))
+        if self.mode == "exact":  # trained and decoded as the same sum over positions
+            weights = log_probs.exp().to(values.dtype)
+            return Attended(weights @ values, weights, {}, log_probs)
         if not self.training:
             weights = one_hot_like(log_probs.argmax(dim=-1), log_probs)
             return Attended(weights.to(values.dtype) @ values, weights.to(values.dtype), {})
         if self.mode == "reinforce":
             drawn = torch.multinomial(log_probs.exp().flatten(0, 1), 1).view(log_probs.shape[:2])
             weights = one_hot_like(drawn, log_probs)
-        elif self.mode == "gumbel":
-            weights, log_probs = gumbel_straight_through(log_probs, self.temperature), None
         else:
-            weights = log_probs.exp()
+            weights, log_probs = gumbel_straight_through(log_probs, self.temperature), None
         weights = weights.to(values.dtype)
         return Attended(weights @ values, weights, {}, log_probs)
 

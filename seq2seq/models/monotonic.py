@@ -35,7 +35,8 @@ def expected_alignment(energies: Tensor, mask: Tensor, previous: Tensor) -> Tens
     length = energies.size(-1)
     upper = torch.ones(length, length, dtype=torch.bool, device=energies.device).triu()
     transfer = (before.unsqueeze(-2) - before.unsqueeze(-1)).masked_fill(~upper, float("-inf")).exp()
-    return p * (previous.unsqueeze(-2) @ transfer).squeeze(-2)
+    with torch.autocast(energies.device.type, enabled=False):  # autocast would round it to 16 bits
+        return p * (previous.float().unsqueeze(-2) @ transfer).squeeze(-2)
 
 
 def hard_alignment(energies: Tensor, mask: Tensor, previous: Tensor) -> Tensor:
@@ -60,7 +61,8 @@ def chunk_weights(alignment: Tensor, chunk_energies: Tensor, mask: Tensor, chunk
     # A padded stop k (alpha_k = 0) still gets a non-empty row: its own position.
     allowed = (in_chunk & mask.unsqueeze(-2)) | (offset == 0)
     spread = chunk_energies.float().unsqueeze(-2).masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-    return (alignment.unsqueeze(-2) @ spread).squeeze(-2)
+    with torch.autocast(alignment.device.type, enabled=False):
+        return (alignment.float().unsqueeze(-2) @ spread).squeeze(-2)
 
 
 class MonotonicAttention(nn.Module):

@@ -165,8 +165,8 @@ class RNNDecoder(nn.Module):
 
     @property
     def marginalises(self) -> bool:
-        """Hard attention trained exactly: the output is summed over every source position."""
-        return self.training and getattr(self.attention, "mode", None) == "exact"
+        """Exact hard attention: the output is summed over every source position."""
+        return getattr(self.attention, "mode", None) == "exact"
 
     def forward(self, tgt_in: Tensor, state: dict, project: bool = True) -> tuple[Tensor, Tensor, dict]:
         """Teacher forcing over the whole target: -> logits [B,T,V], attention weights [B,T,S] and
@@ -207,7 +207,8 @@ class RNNDecoder(nn.Module):
         if not project:
             return features, weights, terms
         if candidates is not None:
-            return marginal_log_probs(self.output(terms["candidates"]), log_probs), weights, terms
+            marginal = marginal_log_probs(self.output(terms["candidates"]), log_probs)
+            return marginal.to(features.dtype), weights, terms
         return self.output(features), weights, terms
 
     def step(self, prev_tokens: Tensor, state: dict) -> tuple[Tensor, dict, Tensor]:
@@ -223,6 +224,7 @@ class RNNDecoder(nn.Module):
             new_state["feed"] = attentional
         if candidates is not None:
             logits = marginal_log_probs(self.output(self._features(candidates)), attended.log_probs)
+            logits = logits.to(attentional.dtype)
         else:
             logits = self.output(self._features(attentional))
         return logits.squeeze(1), new_state, attended.weights.squeeze(1)
@@ -252,8 +254,8 @@ class RNNDecoder(nn.Module):
         return attentional, hidden, attended, candidates
 
     def _combine(self, attended: Attended, output: Tensor, state: dict) -> tuple[Tensor, Tensor | None]:
-        """The attentional state h~ = tanh(W_c [c; h]) [B,T,H]. Exact hard attention in training
-        has no single c: it returns the h~ of every source position s, tanh(W_c [v_s; h])
+        """The attentional state h~ = tanh(W_c [c; h]) [B,T,H]. Exact hard attention has no
+        single c: it returns the h~ of every source position s, tanh(W_c [v_s; h])
         [B,T,S,H], as candidates, and their expectation under p(s) as the state fed onwards."""
         if not self.marginalises:
             return torch.tanh(self.attentional(torch.cat([attended.context, output], dim=-1))), None
@@ -280,8 +282,9 @@ class RNNDecoder(nn.Module):
                 queries.reshape(batch // group, group, -1), m["keys"], m["values"], m["mask"], first_step,
                 attention_state,
             )
-            return attended._replace(context=attended.context.reshape(batch, 1, -1),
-                                     weights=attended.weights.reshape(batch, 1, -1))
+            rows = lambda t: None if t is None else t.reshape(batch, 1, -1)  # noqa: E731
+            return attended._replace(context=rows(attended.context), weights=rows(attended.weights),
+                                     log_probs=rows(attended.log_probs))
         m = memory.expanded()
         return self.attention(queries, m["keys"], m["values"], m["mask"], first_step, attention_state)
 
