@@ -233,6 +233,7 @@ STATEFUL = {
     "gmm": dict(attention="gmm", gmm_components=2),
     "coverage": dict(attention="additive", coverage=True),
     "hard": dict(attention="hard"),
+    "hard-exact": dict(attention="hard", hard_attention="exact"),
 }
 
 
