@@ -142,6 +142,12 @@ def test_beam_search_normalises_by_length_to_the_power_alpha():
         ({"precision": "bf16"}, {}, "pass --precision fp32"),
         ({"workers": 2}, {}, "--workers"),
         ({}, {"attention": "local"}, "model.attention 'local'"),
+        ({}, {"attention": "performer", "features": 8}, "model.attention 'performer'"),
+        ({}, {"attention": "sparse"}, "model.attention 'sparse'"),
+        ({}, {"attention": "linformer", "rank": 8}, "model.attention 'linformer'"),
+        ({}, {"attention_normalizer": "entmax15"}, "model.attention_normalizer 'entmax15'"),
+        ({}, {"gaussian_bias": True}, "model.gaussian_bias True"),
+        ({}, {"memory_slots": 2}, "model.memory_slots 2"),
     ],
 )
 def test_what_it_cannot_do_is_refused_by_name(options, model_options, fragment):

@@ -70,6 +70,17 @@ TRANSFORMER_BASE = dict(
 )
 # (self-attention, norm, other settings)
 TRANSFORMER_CASES = [
+    # The taxonomy's Transformer half: sparse patterns, kernel and low-rank attention, Gaussian
+    # localness, memory slots, sparse normalisers (per head).
+    ("sparse", "pre", {"global_tokens": 1, "random_blocks": 1}),
+    ("sparse", "post", {"global_tokens": 2}),
+    ("performer", "pre", {"features": 16}),
+    ("performer", "post", {"features": 8, "memory_slots": 2}),
+    ("linformer", "pre", {"rank": 4, "max_positions": 32}),
+    ("scaled_dot", "pre", {"gaussian_bias": True}),
+    ("scaled_dot", "pre", {"memory_slots": 3, "attention_normalizer": "entmax"}),
+    ("local", "post", {"attention_normalizer": "sparsemax", "gaussian_bias": True}),
+    ("sparse", "pre", {"attention_normalizer": "entmax15", "memory_slots": 1}),
     ("scaled_dot", "pre", {}),
     ("scaled_dot", "post", {"positions": "learned", "activation": "gelu"}),
     ("local", "pre", {"activation": "silu", "tie_embeddings": False, "share_vocab": False}),
@@ -170,6 +181,8 @@ def test_attention_weights_are_zero_on_padding_and_sum_to_one(name):
             assert torch.all(sums <= 1.0 + 1e-5) and torch.all(sums > 0.0)
         case "monotonic" | "gmm":  # may run off the end of the source: at most 1
             assert torch.all(sums <= 1.0 + 1e-5)
+        case _ if CASES[name].get("memory_slots"):  # the rest goes to the slots
+            assert torch.all(sums <= 1.0 + 1e-5) and torch.all(sums > 0.0)
         case _:
             assert max_diff(sums, torch.ones_like(sums)) < 1e-5
 

@@ -234,23 +234,31 @@ STATEFUL = {
     "coverage": dict(attention="additive", coverage=True),
     "hard": dict(attention="hard"),
     "hard-exact": dict(attention="hard", hard_attention="exact"),
+    # The Transformer's: Performer's recurrent state in place of a key/value cache; sparse
+    # patterns and memory slots in the cache and the memory.
+    "performer": dict(arch="transformer", attention="performer", features=8),
+    "sparse-slots": dict(arch="transformer", attention="sparse", window=1, global_tokens=1, memory_slots=2),
 }
 
 
 @pytest.fixture(scope="module", params=list(STATEFUL))
 def stateful(request) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(arch="gru", embed_dim=16, hidden_dim=16, encoder_layers=1, decoder_layers=1, dropout=0.0,
-                      **STATEFUL[request.param])
+    cfg = ModelConfig(**{**dict(arch="gru", embed_dim=16, hidden_dim=16, encoder_layers=1, decoder_layers=1,
+                                dropout=0.0, heads=2, ffn_dim=32), **STATEFUL[request.param]})
     model = build_model(cfg, 12, 12).eval()
-    with torch.no_grad():
-        model.decoder.output.bias[EOS_ID] = -1.0  # outputs of mixed lengths
+    with torch.no_grad():  # outputs of mixed lengths
+        if cfg.arch == "transformer":
+            model.decoder.output.weight[EOS_ID] = 0.0
+        else:
+            model.decoder.output.bias[EOS_ID] = -1.0
         if cfg.coverage:
             model.decoder.attention.score.coverage_weight.normal_()  # as if trained: coverage moves scores
     return model
 
 
 def test_stateful_attention_beams_equal_one_sentence_at_a_time_and_forced_scoring(stateful, src):
+    """Beam search reorders each mechanism's state with its beams."""
     batched = beam_search(stateful, src, 3, 1.0, **LIMITS, nbest=3)
     for i, nbest in enumerate(batched):
         alone = beam_search(stateful, only_real_positions(src, i), 3, 1.0, **LIMITS, nbest=3)[0]

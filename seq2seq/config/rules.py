@@ -3,7 +3,7 @@ switch architecture freely (keys that do not apply to the chosen one are noted, 
 
 from __future__ import annotations
 
-from seq2seq.config.schema import RNN_ARCHS, RNN_ATTENTIONS, Config, ModelConfig
+from seq2seq.config.schema import RNN_ARCHS, RNN_ATTENTIONS, TRANSFORMER_ATTENTIONS, Config, ModelConfig
 from seq2seq.errors import UserError
 
 
@@ -35,24 +35,28 @@ def check_combinations(cfg: Config) -> None:
                 f"model.max_positions: {m.max_positions} learned positions cannot hold training pairs of "
                 f"data.max_len={cfg.data.max_len} pieces plus EOS; raise max_positions or lower data.max_len"
             )
-        if m.attention_normalizer != "softmax":
-            cfg.notes.append(f"model.attention_normalizer {m.attention_normalizer} applies to RNN attention; the "
-                             "Transformer's heads normalise with softmax")
-            m.attention_normalizer = "softmax"
+        if m.attention == "linformer":
+            cfg.notes.append("model.attention linformer projects the encoder's self-attention only (a projection "
+                             "along the sequence cannot be causal); the decoder's attention stays full softmax")
         if m.coverage or cfg.train.coverage_loss:
             cfg.notes.append("model.coverage and train.coverage_loss apply to RNN attention; ignored")
             m.coverage, cfg.train.coverage_loss = False, 0.0
         cfg.notes.append(
             "the Transformer uses model.hidden_dim as d_model; RNN-only keys are ignored: "
-            "embed_dim, bidirectional, decoder_style, input_feeding, local_score, bridge"
+            "embed_dim, bidirectional, decoder_style, input_feeding, local_score, bridge, hard_attention, "
+            "gumbel_temperature, chunk_size, gmm_components"
         )
     else:
-        if m.attention == "local":
+        if m.attention in ("local", "sparse"):
             cfg.notes.append(
-                "model.attention local is the Transformer's sliding window; the RNN decoder uses local_m"
+                f"model.attention {m.attention} is the Transformer's; the RNN decoder uses local_m, its window"
             )
             m.attention = "local_m"
-        ignored = ["heads", "ffn_dim", "norm", "activation", "positions", "max_positions"]
+        elif m.attention in ("performer", "linformer"):
+            cfg.notes.append(f"model.attention {m.attention} is the Transformer's; the RNN decoder uses scaled_dot")
+            m.attention = "scaled_dot"
+        ignored = ["heads", "ffn_dim", "norm", "activation", "positions", "max_positions", "global_tokens",
+                   "random_blocks", "features", "rank", "gaussian_bias", "memory_slots"]
         if m.decoder_style == "bahdanau":
             ignored.append("input_feeding (Bahdanau's decoder feeds the context itself)")
         if m.attention not in ("local_m", "local_p"):
@@ -106,8 +110,15 @@ def check_architecture(m: ModelConfig) -> None:
             raise UserError("model.bridge: false with model.attention: none leaves the decoder blind to the "
                             "source; set model.bridge: true or choose an attention")
     else:
-        if m.attention not in ("scaled_dot", "local"):
-            raise UserError(f"model.attention: {m.attention!r} is not a Transformer attention; use scaled_dot or local")
+        if m.attention not in TRANSFORMER_ATTENTIONS:
+            raise UserError(f"model.attention: {m.attention!r} is not a Transformer attention; use one of "
+                            f"{', '.join(TRANSFORMER_ATTENTIONS)}")
+        if m.attention in ("performer", "linformer"):
+            for key, value, default in (("attention_normalizer", m.attention_normalizer, "softmax"),
+                                        ("gaussian_bias", m.gaussian_bias, False)):
+                if value != default:
+                    raise UserError(f"model.{key}: {value} does not apply to model.attention: {m.attention} (it "
+                                    "computes no matrix of scores to normalise or bias); use scaled_dot, local or sparse")
         if m.hidden_dim % m.heads:
             raise UserError(f"model.hidden_dim: {m.hidden_dim} must be divisible by model.heads ({m.heads})")
 

@@ -14,7 +14,8 @@ import yaml
 RNN_ARCHS = ("rnn", "lstm", "gru")
 ARCHS = RNN_ARCHS + ("transformer",)
 RNN_ATTENTIONS = ("additive", "dot", "general", "scaled_dot", "local_m", "local_p", "hard", "monotonic", "gmm", "none")
-ATTENTIONS = RNN_ATTENTIONS + ("local",)
+TRANSFORMER_ATTENTIONS = ("scaled_dot", "local", "sparse", "performer", "linformer")
+ATTENTIONS = RNN_ATTENTIONS + ("local", "sparse", "performer", "linformer")
 
 
 def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False) -> dict:
@@ -57,7 +58,7 @@ class ModelConfig:
     arch: Literal["rnn", "lstm", "gru", "transformer"] = "gru"
     attention: Literal[
         "additive", "dot", "general", "scaled_dot", "local_m", "local_p", "hard", "monotonic", "gmm", "none",
-        "local",
+        "local", "sparse", "performer", "linformer",
     ] = "additive"
     # Embedding size of the RNN models (the Transformer's is hidden_dim).
     embed_dim: int = field(default=256, metadata=_range(1))
@@ -94,6 +95,21 @@ class ModelConfig:
     gmm_components: int = field(default=5, metadata=_range(1))
     bridge: bool = True
     # Transformer only.
+    # Sparse attention: the first global_tokens positions attend to all and are attended by
+    # all (Longformer); random_blocks random key blocks of window positions per query block
+    # in the encoder (BigBird), fixed by the seed.
+    global_tokens: int = field(default=0, metadata=_range(0))
+    random_blocks: int = field(default=0, metadata=_range(0))
+    # Performer: random features per head (FAVOR+), drawn when the model is built (from
+    # train.seed) and saved with it.
+    features: int = field(default=64, metadata=_range(1))
+    # Linformer: the length the encoder's keys and values are projected to.
+    rank: int = field(default=64, metadata=_range(1))
+    # A learned Gaussian bias around a predicted centre in the lower half of the encoder's
+    # self-attention layers (Yang et al. 2018).
+    gaussian_bias: bool = False
+    # Learned key/value pairs every encoder self- and cross-attention query may attend to.
+    memory_slots: int = field(default=0, metadata=_range(0))
     heads: int = field(default=4, metadata=_range(1))
     ffn_dim: int = field(default=1024, metadata=_range(1))
     norm: Literal["pre", "post"] = "pre"

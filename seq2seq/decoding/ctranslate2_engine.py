@@ -71,6 +71,11 @@ def unsupported(model: nn.Module, settings: TranslateSettings, device: torch.dev
                 f"{model.config.attention!r}")
     if model.config.attention != "scaled_dot":
         return f"it has no model.attention {model.config.attention!r} (it runs scaled_dot only)"
+    for key, value, default in (("attention_normalizer", model.config.attention_normalizer, "softmax"),
+                                ("gaussian_bias", model.config.gaussian_bias, False),
+                                ("memory_slots", model.config.memory_slots, 0)):
+        if value != default:
+            return f"it has no model.{key} {value!r} (its attention is plain softmax)"
     checks = {
         "--sample": settings.sampling,
         "--alignments or --attention-plots": settings.return_attention,

@@ -9,6 +9,7 @@ Masks are boolean, True = may attend. SDPA does not return its weights, so
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,10 @@ from torch import Tensor, nn
 from seq2seq.data.special import PAD_ID
 from seq2seq.kernels import Linear
 from seq2seq.kernels import dropout as fast_dropout
+from seq2seq.models.attention_extras import GaussianBias, LengthProjection, MemorySlots
+from seq2seq.models.normalizers import normalizer
+from seq2seq.models.performer import (causal_linear_attention, feature_map, linear_attention, orthogonal_features,
+                                      recurrent_step)
 
 def padding_mask(tokens: Tensor) -> Tensor:
     """True on real tokens: [B,S] -> [B,S]."""
@@ -97,16 +102,26 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float,
 
 
 def attention_with_weights(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, is_causal: bool = False
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout: float, is_causal: bool = False,
+    normalize: Callable[[Tensor, Tensor], Tensor] | None = None, bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """What SDPA computes, but also returning the weights [B,heads,T,S] (before dropout)."""
+    """What SDPA computes, but also returning the weights [B,heads,T,S] (before dropout); with
+    ``bias`` added to the scores, and weights from ``normalize`` (normalizers.py, in float32)
+    instead of the softmax if given."""
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.size(-1)))
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
     if is_causal:
         mask = band_mask(q.size(-2), k.size(-2), None, causal=True, device=q.device)
-    if mask is not None:
-        # In place: the matmul's backward needs neither its output nor the scores.
-        scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
-    weights = scores.softmax(dim=-1)
+    if normalize is not None:
+        allowed = torch.ones((), dtype=torch.bool, device=q.device) if mask is None else (
+            mask if mask.dtype == torch.bool else mask == 0)
+        weights = normalize(scores, allowed).to(v.dtype)
+    else:
+        if mask is not None:
+            # In place: the matmul's backward needs neither its output nor the scores.
+            scores = scores.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else scores.add_(mask)
+        weights = scores.softmax(dim=-1)
     return torch.matmul(fast_dropout(weights, dropout), v), weights
 
 
@@ -116,26 +131,97 @@ def additive_mask(mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection; optional cached past keys."""
+    """Multi-head self-attention with one fused QKV projection; optional cached past keys.
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    Options (attention_extras.py): weights from a sparse ``normalize``r instead of the softmax,
+    ``slots`` memory slots, a Gaussian bias (``gaussian``), Linformer's projection of the keys
+    and values to ``linformer_rank`` (up to ``max_length`` positions; no cache then).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, normalize: str = "softmax", slots: int = 0,
+                 gaussian: bool = False, linformer_rank: int | None = None, max_length: int = 1024,
+                 performer_features: int | None = None):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
         self.qkv = Linear(dim, 3 * dim)
         self.out = Linear(dim, dim)
+        self.normalize = None if normalize == "softmax" else normalizer(normalize, (heads, 1, 1))
+        self.slots = MemorySlots(slots, dim, heads) if slots else None
+        self.gaussian = GaussianBias(dim // heads) if gaussian else None
+        self.projection = LengthProjection(linformer_rank, max_length) if linformer_rank else None
+        self.performer = PerformerFeatures(performer_features, dim // heads) if performer_features else None
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, is_causal: bool = False
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, is_causal: bool = False,
+        key_mask: Tensor | None = None,
     ) -> tuple[Tensor, KVCache | None]:
-        """x [B,T,d] -> output [B,T,d]; with a cache (one new position), the cache grown by it."""
+        """x [B,T,d] -> output [B,T,d]; with a cache (one new position), the cache grown by it.
+        ``key_mask`` [B,S] (True on real tokens) for the Gaussian bias and Linformer."""
         q, k, v = (split_heads(part, self.heads) for part in self.qkv(x).chunk(3, dim=-1))
+        if self.performer is not None:
+            return self._performer(x, q, k, v, cache, is_causal, key_mask)
         if cache is not None:
             cache = cache.append(k, v)
             k, v = cache.keys_values()
+        bias = self.gaussian(q, key_mask) if self.gaussian is not None else None
+        if self.projection is not None:
+            k, v = self.projection(k, v, key_mask)
+            mask = None  # every projected key mixes real positions only
+        if self.slots is not None:
+            k, v = self.slots.extend(k, v)
+            mask, bias = self.slots.extend_mask(mask), self.slots.extend_bias(bias)
         dropout = self.dropout if self.training else 0.0
-        out = attend(q.to(k.dtype), k, v, mask, dropout, is_causal=is_causal).to(x.dtype)
-        return self.out(merge_heads(out)), cache
+        if self.normalize is None and bias is None:
+            out = attend(q.to(k.dtype), k, v, mask, dropout, is_causal=is_causal)
+        else:
+            out = attention_with_weights(q.to(k.dtype), k, v, mask, dropout, is_causal, self.normalize, bias)[0]
+        return self.out(merge_heads(out.to(x.dtype))), cache
+
+    def _performer(self, x: Tensor, q: Tensor, k: Tensor, v: Tensor, cache: FeatureState | None, is_causal: bool,
+                   key_mask: Tensor | None) -> tuple[Tensor, FeatureState | None]:
+        """FAVOR+ (performer.py): over every real key in an encoder, over the past by prefix sums
+        in a decoder's full pass, and by its recurrent state one step at a time."""
+        q_features = self.performer(q, is_query=True)
+        if cache is not None:
+            out, state = recurrent_step(q_features, self.performer(k), v, cache.state)
+            cache = FeatureState(state)
+        elif is_causal:
+            out = causal_linear_attention(q_features, self.performer(k), v)
+        else:
+            if self.slots is not None:
+                k, v = self.slots.extend(k, v)
+                key_mask = None if key_mask is None else self.slots.extend_mask(key_mask)
+            out = linear_attention(q_features, self.performer(k), v, key_mask)
+        return self.out(merge_heads(out.to(x.dtype))), cache
+
+
+class PerformerFeatures(nn.Module):
+    """FAVOR+'s random features of one attention, drawn once (from torch's generator, which
+    train.seed seeds) and saved with the model, so that decoding uses the ones trained with."""
+
+    def __init__(self, count: int, head_dim: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+        self.register_buffer("features", orthogonal_features(count, head_dim, generator))
+
+    def forward(self, x: Tensor, is_query: bool = False) -> Tensor:
+        return feature_map(x, self.features, is_query)
+
+
+class FeatureState:
+    """A Performer decoder layer's recurrent state (performer.recurrent_step) where a softmax
+    layer keeps its KVCache; None before the first position."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: dict[str, Tensor] | None = None):
+        self.state = state
+
+    def reorder_rows(self, indices: Tensor, moved: Tensor | None = None) -> FeatureState:
+        if self.state is None:
+            return self
+        return FeatureState({key: value.index_select(0, indices) for key, value in self.state.items()})
 
 
 class KVCache:
@@ -215,18 +301,28 @@ def moved_rows(indices: Tensor) -> Tensor:
 class CrossAttention(nn.Module):
     """Multi-head attention from decoder positions to the encoder output (the memory)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, normalize: str = "softmax", slots: int = 0,
+                 performer_features: int | None = None):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
         self.query = Linear(dim, dim)
         self.key_value = Linear(dim, 2 * dim)
         self.out = Linear(dim, dim)
+        self.normalize = None if normalize == "softmax" else normalizer(normalize, (heads, 1, 1))
+        self.slots = MemorySlots(slots, dim, heads) if slots else None
+        self.performer = PerformerFeatures(performer_features, dim // heads) if performer_features else None
 
     def memory_keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """Project the memory once per sentence: [B,S,d] -> keys, values [B,heads,S,d/heads]."""
+        """Project the memory once per sentence: [B,S,d] -> keys, values [B,heads,S,d/heads]
+        (memory slots first, when the model has them: they enter a decoder's state once)."""
         k, v = self.key_value(memory).chunk(2, dim=-1)
-        return split_heads(k, self.heads), split_heads(v, self.heads)
+        k, v = split_heads(k, self.heads), split_heads(v, self.heads)
+        return (k, v) if self.slots is None else self.slots.extend(k, v)
+
+    def memory_mask(self, mask: Tensor) -> Tensor:
+        """The mask over what ``memory_keys_values`` returns, from the one over the source."""
+        return mask if self.slots is None else self.slots.extend_mask(mask)
 
     def forward(
         self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor, need_weights: bool = False,
@@ -243,14 +339,34 @@ class CrossAttention(nn.Module):
             x = x.reshape(batch // group, group * length, dim)
         q = split_heads(self.query(x), self.heads)
         dropout = self.dropout if self.training else 0.0
-        if need_weights:
-            out, weights = attention_with_weights(q, keys, values, mask, dropout)
+        if self.performer is not None:
+            out, weights = self._performer(q, keys, values, mask, need_weights)
+        elif need_weights or self.normalize is not None:
+            out, weights = attention_with_weights(q, keys, values, mask, dropout, normalize=self.normalize)
+            if self.slots is not None:  # what is shown is the attention on the source
+                weights = weights[..., self.slots.count:]
+            weights = weights if need_weights else None
         else:
             out = attend(q, keys, values, mask, dropout)
             weights = None
-        out = merge_heads(out)
+        out = merge_heads(out.to(x.dtype))
         if group > 1:
             out = out.reshape(batch, length, dim)
             if weights is not None:  # [B/g, heads, g, S] -> [B, heads, 1, S]
                 weights = weights.transpose(1, 2).reshape(batch, length, self.heads, -1).transpose(1, 2)
         return self.out(out), weights
+
+    def _performer(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
+                   need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """FAVOR+ over the memory: its summary (linear in its length), or, to show the weights,
+        the matrix phi(Q) phi(K)^T that the summary stands for, normalised."""
+        real = mask if mask.dtype == torch.bool else mask == 0
+        q_features, k_features = self.performer(q, is_query=True), self.performer(keys)
+        if not need_weights:
+            return linear_attention(q_features, k_features, values, real.expand(-1, -1, -1, keys.size(2))), None
+        scores = (q_features @ k_features.transpose(-1, -2)).masked_fill(~real, 0.0)
+        weights = scores / scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        out = weights @ values.float()
+        if self.slots is not None:
+            weights = weights[..., self.slots.count:]
+        return out, weights

@@ -45,24 +45,27 @@ def masked_entmax15(scores: Tensor, mask: Tensor) -> Tensor:
 
 
 def masked_entmax(scores: Tensor, mask: Tensor, alpha: Tensor) -> Tensor:
-    """alpha-entmax (``alpha`` a 0-d tensor in (1, 2], differentiable) where ``mask`` is True."""
+    """alpha-entmax (``alpha`` in (1, 2], a 0-d tensor or one broadcasting against the scores,
+    differentiable) where ``mask`` is True."""
     return _masked(lambda z: _EntmaxBisect.apply(z, alpha.float()), scores, mask)
 
 
-def normalizer(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+def normalizer(name: str, alpha_shape: tuple[int, ...] = ()) -> Callable[[Tensor, Tensor], Tensor]:
     """The masked normaliser called ``name`` (one of NORMALIZERS); ``entmax`` is a module with
-    its own learned alpha (``LearnedEntmax``), so each attention gets its own."""
+    its own learned alpha (``LearnedEntmax``), so each attention gets its own (one per head with
+    ``alpha_shape`` (heads, 1, 1))."""
     if name == "entmax":
-        return LearnedEntmax()
+        return LearnedEntmax(alpha_shape)
     return {"softmax": masked_softmax, "sparsemax": masked_sparsemax, "entmax15": masked_entmax15}[name]
 
 
 class LearnedEntmax(torch.nn.Module):
-    """alpha-entmax whose alpha = 1 + sigmoid(a) is learned with the model, starting at 1.5."""
+    """alpha-entmax whose alpha = 1 + sigmoid(a) is learned with the model, starting at 1.5;
+    one alpha, or one per head (``shape`` broadcasting against the scores)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.alpha_logit = torch.nn.Parameter(torch.zeros(()))
+        self.alpha_logit = torch.nn.Parameter(torch.zeros(shape))
 
     @property
     def alpha(self) -> Tensor:
@@ -187,4 +190,4 @@ class _EntmaxBisect(torch.autograd.Function):
         entropy_term = p_log_p.sum(dim=-1, keepdim=True)
         skewed = g / g.sum(dim=-1, keepdim=True)
         d_alpha = grad * (p - skewed) / (alpha - 1) ** 2 - grad * (p_log_p - skewed * entropy_term) / (alpha - 1)
-        return grad_z, d_alpha.sum().reshape(alpha.shape)
+        return grad_z, d_alpha.sum_to_size(alpha.shape)

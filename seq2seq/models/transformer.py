@@ -13,8 +13,19 @@ plotted (``model.attention_layer``) computes them explicitly, and only when aske
 ``forward(return_attention=True)``, or in ``step`` while ``model.step_attention`` is on (the
 searches turn it off unless they return attention).
 
-With model.attention ``local`` self-attention is a sliding window (|i - j| <= window, and
-causal in the decoder); cross-attention always sees the whole source.
+Self-attention, per model.attention (the Transformer half of README's attention taxonomy):
+
+    scaled_dot  every key (the decoder's: every earlier one)
+    local       a sliding window |i - j| <= window, causal in the decoder
+    sparse      the window plus global tokens, and random blocks in the encoder
+                (attention_patterns.py: Longformer, BigBird)
+    performer   FAVOR+ kernel attention (performer.py), in cross-attention too; the decoder
+                keeps a recurrent state instead of a key/value cache
+    linformer   the encoder's keys and values projected along the sequence to model.rank
+                (attention_extras.py); the decoder stays full
+Any of the softmax ones may normalise with a sparse model.attention_normalizer, add a Gaussian
+bias in the lower encoder layers (model.gaussian_bias) and memory slots to the encoder's self-
+and the decoder's cross-attention (model.memory_slots). Cross-attention sees the whole source.
 
 Incremental decoding caches each layer's self-attention keys/values, and projects the
 encoder output to cross-attention keys/values once, in ``init_state``.
@@ -29,7 +40,8 @@ from torch import Tensor, nn
 
 from seq2seq.config import ModelConfig
 from seq2seq.kernels import Dropout, Linear, ReLUDropout
-from seq2seq.models.multihead import (CrossAttention, KVCache, SelfAttention, additive_mask, band_mask,
+from seq2seq.models.attention_patterns import encoder_sparse_mask, sparse_pattern
+from seq2seq.models.multihead import (CrossAttention, FeatureState, KVCache, SelfAttention, additive_mask,
                                       encoder_self_mask, moved_rows, padding_mask)
 from seq2seq.models.state import SharedRows, reorder_state
 
@@ -115,17 +127,27 @@ class Residual(nn.Module):
         return x if self.pre_norm else self.norm(x)
 
 
+def performer_features(cfg: ModelConfig) -> int | None:
+    """FAVOR+'s feature count where the model's attention is Performer's (every attention)."""
+    return cfg.features if cfg.attention == "performer" else None
+
+
 class EncoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
         pre_norm = cfg.norm == "pre"
-        self.self_attention = SelfAttention(cfg.hidden_dim, cfg.heads, cfg.dropout)
+        self.self_attention = SelfAttention(
+            cfg.hidden_dim, cfg.heads, cfg.dropout, cfg.attention_normalizer, cfg.memory_slots,
+            # Yang et al. found localness pays in the lower layers, which model local context.
+            gaussian=cfg.gaussian_bias and index < (cfg.encoder_layers + 1) // 2,
+            linformer_rank=cfg.rank if cfg.attention == "linformer" else None, max_length=cfg.max_positions,
+            performer_features=performer_features(cfg))
         self.self_attention_residual = Residual(cfg.hidden_dim, cfg.dropout, pre_norm)
         self.feed_forward = FeedForward(cfg)
         self.feed_forward_residual = Residual(cfg.hidden_dim, cfg.dropout, pre_norm)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        out, _ = self.self_attention(self.self_attention_residual.sublayer_input(x), mask)
+    def forward(self, x: Tensor, mask: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        out, _ = self.self_attention(self.self_attention_residual.sublayer_input(x), mask, key_mask=key_mask)
         x = self.self_attention_residual.add(x, out)
         out = self.feed_forward(self.feed_forward_residual.sublayer_input(x))
         return self.feed_forward_residual.add(x, out)
@@ -135,9 +157,11 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         pre_norm = cfg.norm == "pre"
-        self.self_attention = SelfAttention(cfg.hidden_dim, cfg.heads, cfg.dropout)
+        self.self_attention = SelfAttention(cfg.hidden_dim, cfg.heads, cfg.dropout, cfg.attention_normalizer,
+                                            performer_features=performer_features(cfg))
         self.self_attention_residual = Residual(cfg.hidden_dim, cfg.dropout, pre_norm)
-        self.cross_attention = CrossAttention(cfg.hidden_dim, cfg.heads, cfg.dropout)
+        self.cross_attention = CrossAttention(cfg.hidden_dim, cfg.heads, cfg.dropout, cfg.attention_normalizer,
+                                              cfg.memory_slots, performer_features(cfg))
         self.cross_attention_residual = Residual(cfg.hidden_dim, cfg.dropout, pre_norm)
         self.feed_forward = FeedForward(cfg)
         self.feed_forward_residual = Residual(cfg.hidden_dim, cfg.dropout, pre_norm)
@@ -179,17 +203,21 @@ class TransformerEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig, tokens: nn.Embedding):
         super().__init__()
         self.embed = TransformerEmbedding(tokens, cfg)
-        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.layers = nn.ModuleList(EncoderLayer(cfg, i) for i in range(cfg.encoder_layers))
         # Pre-norm leaves the residual stream unnormalised; post-norm already ends in a LayerNorm.
         self.final_norm = nn.LayerNorm(cfg.hidden_dim) if cfg.norm == "pre" else nn.Identity()
-        self.window = cfg.window if cfg.attention == "local" else None
+        self.cfg = cfg
 
     def forward(self, src: Tensor, src_mask: Tensor) -> Tensor:
         """src [B,S] -> memory [B,S,d]."""
         x = self.embed(src)
-        mask = encoder_self_mask(src_mask, self.window)
+        cfg = self.cfg
+        if cfg.attention == "sparse":
+            mask = encoder_sparse_mask(src_mask, cfg.window, cfg.global_tokens, cfg.random_blocks)
+        else:
+            mask = encoder_self_mask(src_mask, cfg.window if cfg.attention == "local" else None)
         for layer in self.layers:
-            x = layer(x, mask)
+            x = layer(x, mask, src_mask)
         return self.final_norm(x)
 
 
@@ -203,7 +231,14 @@ class TransformerDecoder(nn.Module):
         self.output = Linear(cfg.hidden_dim, vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.output.weight = tokens.weight
-        self.window = cfg.window if cfg.attention == "local" else None
+        # Restricted self-attention: a causal window, and sparse's global tokens.
+        self.window = cfg.window if cfg.attention in ("local", "sparse") else None
+        self.global_tokens = cfg.global_tokens if cfg.attention == "sparse" else 0
+
+    def self_mask(self, queries: int, keys: int, first: int, device: torch.device) -> Tensor:
+        """The causal window (and global tokens) of queries at positions first.. over keys 0.."""
+        return sparse_pattern(queries, keys, self.window, self.global_tokens, causal=True, query_offset=first,
+                              device=device)
 
     def forward(
         self, tgt_in: Tensor, memory: Tensor, memory_mask: Tensor, weights_layer: int | None = None,
@@ -220,9 +255,8 @@ class TransformerDecoder(nn.Module):
         # Plain causal attention needs no mask tensor: SDPA's is_causal flag.
         self_mask, causal = None, True
         if self.window is not None:
-            self_mask = band_mask(length, length, self.window, causal=True, device=tgt_in.device)
-            causal = False
-        memory_mask = memory_mask[:, None, None, :]
+            self_mask, causal = self.self_mask(length, length, 0, tgt_in.device), False
+        memory_mask = self.layers[0].cross_attention.memory_mask(memory_mask[:, None, None, :])
         weights = None
         for i, layer in enumerate(self.layers):
             keys, values = layer.cross_attention.memory_keys_values(memory)
@@ -244,10 +278,10 @@ class TransformerDecoder(nn.Module):
             (k.contiguous(), v.contiguous())
             for k, v in (layer.cross_attention.memory_keys_values(memory) for layer in self.layers)
         ))
-        shared = SharedRows(
-            {"keys": list(keys), "values": list(values), "mask": additive_mask(memory_mask[:, None, None, :], memory.dtype)}
-        )
-        caches = [KVCache.empty(batch, self.heads, head_dim, memory) for _ in self.layers]
+        mask = self.layers[0].cross_attention.memory_mask(memory_mask[:, None, None, :])
+        shared = SharedRows({"keys": list(keys), "values": list(values), "mask": additive_mask(mask, memory.dtype)})
+        caches = [FeatureState() if layer.self_attention.performer is not None
+                  else KVCache.empty(batch, self.heads, head_dim, memory) for layer in self.layers]
         return {"memory": shared, "caches": caches, "step": 0}
 
     def step(
@@ -258,9 +292,7 @@ class TransformerDecoder(nn.Module):
         x = self.embed(prev_tokens.unsqueeze(1), start=position)
         self_mask = None  # the one query may see every cached position
         if self.window is not None:
-            self_mask = band_mask(
-                1, position + 1, self.window, causal=True, query_offset=position, device=x.device
-            )
+            self_mask = self.self_mask(1, position + 1, position, x.device)
         memory: SharedRows = state["memory"]
         m = memory.entries
         new_caches, weights = [], None
@@ -290,8 +322,9 @@ class Transformer(nn.Module):
         self.config = cfg
         self.src_vocab_size = src_vocab_size
         self.tgt_vocab_size = tgt_vocab_size
-        # Learned positions end at max_positions, on either side; sinusoidal ones do not end.
-        self.max_positions = cfg.max_positions if cfg.positions == "learned" else None
+        # Learned positions end at max_positions, on either side, and so does Linformer's
+        # projection; sinusoidal positions do not end.
+        self.max_positions = cfg.max_positions if cfg.positions == "learned" or cfg.attention == "linformer" else None
         self.attention_layer = -1
         self.attention_head: int | None = None
         self.step_attention = True
@@ -329,7 +362,9 @@ class Transformer(nn.Module):
     def reorder(self, state: dict, indices: Tensor) -> dict:
         # The rows that move are the same in every layer's cache: found once here, not per layer.
         caches = state["caches"]
-        moved = moved_rows(indices) if caches and indices.numel() <= caches[0].keys.size(0) else None
+        moved = None
+        if caches and isinstance(caches[0], KVCache) and indices.numel() <= caches[0].keys.size(0):
+            moved = moved_rows(indices)
         others = reorder_state({key: value for key, value in state.items() if key != "caches"}, indices)
         return {**others, "caches": [cache.reorder_rows(indices, moved) for cache in caches]}
 
