@@ -160,3 +160,33 @@ def test_the_rnn_taxonomy_sweep_trains_and_ranks_every_mechanism(workspace: Path
     assert named("model.hard_attention") == set(HARD_MODES)
     assert named("model.attention_normalizer") == set(NORMALIZERS) - {"softmax"}
     assert named("model.coverage") == {True} and named("model.chunk_size")
+
+
+def test_the_transformer_taxonomy_sweep_trains_and_ranks_every_mechanism(workspace: Path):
+    """configs/sweep_transformer_taxonomy.yaml, every point as it is, on the tiny slice and budget."""
+    import yaml
+
+    from seq2seq.config.schema import TRANSFORMER_ATTENTIONS
+    from seq2seq.models.normalizers import NORMALIZERS
+
+    base = (workspace / "tiny.yaml").read_text(encoding="utf-8").replace(
+        "model: {arch: gru, attention: additive, embed_dim: 32, hidden_dim: 32, encoder_layers: 1, decoder_layers: 1}",
+        "model: {arch: transformer, attention: scaled_dot, hidden_dim: 32, heads: 2, ffn_dim: 64, encoder_layers: 1, "
+        "decoder_layers: 1}")
+    (workspace / "tiny_transformer.yaml").write_text(base, encoding="utf-8")
+    taxonomy = yaml.safe_load((ROOT / "configs" / "sweep_transformer_taxonomy.yaml").read_text(encoding="utf-8"))
+    small = {"base": str(workspace / "tiny_transformer.yaml"), "output_dir": str(workspace / "transformer_taxonomy"),
+             "set": {"train.max_steps": 4, "train.valid_every": 4, "train.log_every": 4, "decode.beam_size": 1},
+             "points": taxonomy["points"]}
+    sweep = workspace / "transformer_taxonomy.yaml"
+    sweep.write_text(yaml.safe_dump(small), encoding="utf-8")
+    attn("experiment", str(sweep), cwd=ROOT)
+    rows = (workspace / "transformer_taxonomy" / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(taxonomy["points"])
+
+    def named(key: str) -> set:
+        return {point[key] for point in taxonomy["points"] if key in point}
+
+    assert named("model.attention") == set(TRANSFORMER_ATTENTIONS)
+    assert named("model.attention_normalizer") == set(NORMALIZERS) - {"softmax"}
+    assert named("model.gaussian_bias") == {True} and named("model.memory_slots")

@@ -30,6 +30,12 @@ def check_combinations(cfg: Config) -> None:
                 f"sliding-window self-attention (local, window {m.window})"
             )
             m.attention = "local"
+        if m.attention == "linformer" and cfg.data.max_len + 1 > m.max_positions:
+            raise UserError(
+                f"model.max_positions: {m.max_positions} is the longest source Linformer's projection reads, "
+                f"shorter than training pairs of data.max_len={cfg.data.max_len} pieces plus EOS; raise "
+                "max_positions or lower data.max_len"
+            )
         if m.positions == "learned" and cfg.data.max_len + 1 > m.max_positions:
             raise UserError(
                 f"model.max_positions: {m.max_positions} learned positions cannot hold training pairs of "
