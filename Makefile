@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-taxonomy bench-coverage gpu-check clean
+.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-length bench-taxonomy bench-coverage gpu-check clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ bench-quality: install
 
 bench-scale: install
 	$(PY) -m bench.scale
+
+# Each Transformer self-attention against the source length, 128 to 4096: training and decoding
+# time per token, peak RSS per token (details: bench/length.py; `--quick` for a tiny run).
+bench-length: install
+	$(PY) -m bench.length
 
 # Every RNN attention mechanism, 4 minutes each on the full corpus (about 85 minutes).
 bench-taxonomy: install
