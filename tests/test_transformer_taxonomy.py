@@ -66,7 +66,7 @@ def test_random_blocks_add_whole_blocks_fixed_by_length_and_seed_whatever_the_pa
 def test_a_window_as_long_as_the_sentence_is_full_attention():
     src, tgt_in, _ = batch()
     full = model(attention="scaled_dot")
-    sparse = model(attention="sparse", window=64)
+    sparse = model(attention="sparse", window=64, global_tokens=2, random_blocks=1)
     sparse.load_state_dict(full.state_dict())
     with torch.no_grad():
         assert torch.allclose(full(src, tgt_in), sparse(src, tgt_in), atol=1e-6)
@@ -171,3 +171,20 @@ def test_performer_decoder_state_does_not_grow_with_the_output():
             _, state, _ = performer.step(tgt_in[:, t], state)
             sizes = [tuple(cache.state["kv"].shape) for cache in state["caches"]]
             assert sizes == [(src.size(0), 2, 8, 8)] * 2
+
+
+def test_performer_keeps_keys_of_large_norm_finite_and_shows_float32_weights_under_autocast():
+    from seq2seq.models.performer import key_features, orthogonal_features
+
+    features = orthogonal_features(64, 128, torch.Generator().manual_seed(0))
+    keys = torch.randn(1, 1, 50, 128) * 4  # exponents of hundreds without the shift
+    phi = key_features(keys, features, torch.ones(1, 50, dtype=torch.bool))
+    assert torch.isfinite(phi).all() and phi.max() == pytest.approx(64 ** -0.5)
+    performer = model(attention="performer", features=8)
+    src, tgt_in, _ = batch()
+    with torch.no_grad():
+        plain = performer(src, tgt_in, return_attention=True)[1]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = performer(src, tgt_in, return_attention=True)[1]
+    assert autocast.dtype == torch.float32 and torch.allclose(autocast.sum(-1), torch.ones_like(autocast.sum(-1)))
+    assert (plain - autocast).abs().max() < 0.05

@@ -97,7 +97,7 @@ class ModelConfig:
     # Transformer only.
     # Sparse attention: the first global_tokens positions attend to all and are attended by
     # all (Longformer); random_blocks random key blocks of window positions per query block
-    # in the encoder (BigBird), fixed by the seed.
+    # in the encoder (BigBird), the same for every sentence of a length.
     global_tokens: int = field(default=0, metadata=_range(0))
     random_blocks: int = field(default=0, metadata=_range(0))
     # Performer: random features per head (FAVOR+), drawn when the model is built (from

@@ -20,8 +20,8 @@ from seq2seq.kernels import Linear
 from seq2seq.kernels import dropout as fast_dropout
 from seq2seq.models.attention_extras import GaussianBias, LengthProjection, MemorySlots
 from seq2seq.models.normalizers import normalizer
-from seq2seq.models.performer import (causal_linear_attention, feature_map, linear_attention, orthogonal_features,
-                                      recurrent_step)
+from seq2seq.models.performer import (attend_summary, causal_linear_attention, feature_map, key_features,
+                                      orthogonal_features, recurrent_step, summarise_keys)
 
 def padding_mask(tokens: Tensor) -> Tensor:
     """True on real tokens: [B,S] -> [B,S]."""
@@ -192,7 +192,7 @@ class SelfAttention(nn.Module):
             if self.slots is not None:
                 k, v = self.slots.extend(k, v)
                 key_mask = None if key_mask is None else self.slots.extend_mask(key_mask)
-            out = linear_attention(q_features, self.performer(k), v, key_mask)
+            out = attend_summary(q_features, *self.performer.summary(k, v, key_mask))
         return self.out(merge_heads(out.to(x.dtype))), cache
 
 
@@ -207,6 +207,14 @@ class PerformerFeatures(nn.Module):
 
     def forward(self, x: Tensor, is_query: bool = False) -> Tensor:
         return feature_map(x, self.features, is_query)
+
+    def keys(self, k: Tensor, key_mask: Tensor | None) -> Tensor:
+        """The features of keys known all at once (performer.key_features)."""
+        return key_features(k, self.features, key_mask)
+
+    def summary(self, k: Tensor, v: Tensor, key_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """What attention over a fixed memory needs of it: (kv, k_sum), computed once."""
+        return summarise_keys(self.keys(k, key_mask), v, key_mask)
 
 
 class FeatureState:
@@ -326,9 +334,10 @@ class CrossAttention(nn.Module):
 
     def forward(
         self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor, need_weights: bool = False,
-        group: int = 1,
+        group: int = 1, summary: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """x [B,T,d] -> output [B,T,d], and weights [B,heads,T,S] when need_weights.
+        """x [B,T,d] -> output [B,T,d], and weights [B,heads,T,S] when need_weights. ``summary``:
+        Performer's summary of the memory (PerformerFeatures.summary), where a state keeps it.
 
         ``group`` > 1 (decoding, T = 1): keys, values and mask have one entry per group of
         ``group`` consecutive rows of x (a sentence's beams); the group's rows attend as that
@@ -340,7 +349,7 @@ class CrossAttention(nn.Module):
         q = split_heads(self.query(x), self.heads)
         dropout = self.dropout if self.training else 0.0
         if self.performer is not None:
-            out, weights = self._performer(q, keys, values, mask, need_weights)
+            out, weights = self._performer(q, keys, values, mask, need_weights, summary)
         elif need_weights or self.normalize is not None:
             out, weights = attention_with_weights(q, keys, values, mask, dropout, normalize=self.normalize)
             if self.slots is not None:  # what is shown is the attention on the source
@@ -356,17 +365,19 @@ class CrossAttention(nn.Module):
                 weights = weights.transpose(1, 2).reshape(batch, length, self.heads, -1).transpose(1, 2)
         return self.out(out), weights
 
-    def _performer(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor,
-                   need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        """FAVOR+ over the memory: its summary (linear in its length), or, to show the weights,
-        the matrix phi(Q) phi(K)^T that the summary stands for, normalised."""
-        real = mask if mask.dtype == torch.bool else mask == 0
-        q_features, k_features = self.performer(q, is_query=True), self.performer(keys)
+    def _performer(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor, need_weights: bool,
+                   summary: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor | None]:
+        """FAVOR+ over the memory: its summary (linear in its length; a decoder's state holds it,
+        computed once per sentence), or, to show the weights, the matrix phi(Q) phi(K)^T that the
+        summary stands for, normalised (in float32 too)."""
+        real = (mask if mask.dtype == torch.bool else mask == 0).expand(-1, -1, -1, keys.size(2))
+        q_features = self.performer(q, is_query=True)
         if not need_weights:
-            return linear_attention(q_features, k_features, values, real.expand(-1, -1, -1, keys.size(2))), None
-        scores = (q_features @ k_features.transpose(-1, -2)).masked_fill(~real, 0.0)
-        weights = scores / scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        out = weights @ values.float()
+            return attend_summary(q_features, *(summary or self.performer.summary(keys, values, real))), None
+        with torch.autocast(q.device.type, enabled=False):
+            scores = (q_features @ self.performer.keys(keys, real).transpose(-1, -2)).masked_fill(~real, 0.0)
+            weights = scores / scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            out = weights @ values.float()
         if self.slots is not None:
             weights = weights[..., self.slots.count:]
         return out, weights

@@ -73,6 +73,20 @@ def feature_map(x: Tensor, features: Tensor, is_query: bool = False) -> Tensor:
         return exponent.exp() * features.size(0) ** -0.5
 
 
+def key_features(k: Tensor, features: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    """phi(k) for keys that are all known at once (an encoder's, the memory of cross-attention),
+    shifted by one detached maximum over the real keys of each row and head: it scales every
+    key's features alike, so it cancels between numerator and denominator, and keeps keys of
+    large norm from overflowing exp. (A decoder's keys arrive one by one: ``feature_map``.)"""
+    with torch.autocast(k.device.type, enabled=False):
+        x = k.float() * k.size(-1) ** -0.25
+        exponent = x @ features.float().T - x.square().sum(dim=-1, keepdim=True) / 2
+        real = exponent if key_mask is None else exponent.masked_fill(
+            ~key_mask.reshape(key_mask.size(0), 1, -1, 1), float("-inf"))
+        shift = real.amax(dim=(-1, -2), keepdim=True).detach().clamp(min=-1e4)
+        return (exponent - shift).exp() * features.size(0) ** -0.5
+
+
 def summarise_keys(k_features: Tensor, v: Tensor, key_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(kv [B,h,m,dv], k_sum [B,h,m]) of k_features [B,h,S,m] and v [B,h,S,dv]: the whole
     of the keys that attention needs, so a fixed memory (the encoder's) is summarised once.

@@ -173,11 +173,12 @@ class DecoderLayer(nn.Module):
         memory_keys: Tensor,
         memory_values: Tensor,
         memory_mask: Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | FeatureState | None = None,
         need_weights: bool = False,
         is_causal: bool = False,
         group: int = 1,
-    ) -> tuple[Tensor, KVCache | None, Tensor | None]:
+        memory_summary: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, KVCache | FeatureState | None, Tensor | None]:
         """-> output [B,T,d], the grown self-attention cache (if given), cross-attention weights."""
         out, cache = self.self_attention(
             self.self_attention_residual.sublayer_input(x), self_mask, cache, is_causal
@@ -190,6 +191,7 @@ class DecoderLayer(nn.Module):
             memory_mask,
             need_weights,
             group,
+            memory_summary,
         )
         x = self.cross_attention_residual.add(x, out)
         out = self.feed_forward(self.feed_forward_residual.sublayer_input(x))
@@ -279,7 +281,11 @@ class TransformerDecoder(nn.Module):
             for k, v in (layer.cross_attention.memory_keys_values(memory) for layer in self.layers)
         ))
         mask = self.layers[0].cross_attention.memory_mask(memory_mask[:, None, None, :])
-        shared = SharedRows({"keys": list(keys), "values": list(values), "mask": additive_mask(mask, memory.dtype)})
+        entries = {"keys": list(keys), "values": list(values), "mask": additive_mask(mask, memory.dtype)}
+        if self.layers[0].cross_attention.performer is not None:  # Performer's summaries, once a sentence
+            entries["summaries"] = [layer.cross_attention.performer.summary(k, v, mask)
+                                    for layer, k, v in zip(self.layers, keys, values)]
+        shared = SharedRows(entries)
         caches = [FeatureState() if layer.self_attention.performer is not None
                   else KVCache.empty(batch, self.heads, head_dim, memory) for layer in self.layers]
         return {"memory": shared, "caches": caches, "step": 0}
@@ -300,6 +306,7 @@ class TransformerDecoder(nn.Module):
             x, cache, layer_weights = layer(
                 x, self_mask, m["keys"][i], m["values"][i], m["mask"], cache=cache,
                 need_weights=i == weights_layer, group=memory.group,
+                memory_summary=m["summaries"][i] if "summaries" in m else None,
             )  # fmt: skip
             new_caches.append(cache)
             weights = layer_weights if i == weights_layer else weights
