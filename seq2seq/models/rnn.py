@@ -171,7 +171,7 @@ class RNNDecoder(nn.Module):
     def forward(self, tgt_in: Tensor, state: dict, project: bool = True) -> tuple[Tensor, Tensor, dict]:
         """Teacher forcing over the whole target: -> logits [B,T,V], attention weights [B,T,S] and
         the terms the training objective may need (objective.py): hard attention's
-        ``log_probs`` [B,T,S] and, trained exactly, the ``candidates`` [B,T,S,E] (the features
+        ``log_probs`` [B,T,S] and, for exact hard attention, the ``candidates`` [B,T,S,E] (the features
         of every source position; the logits are then log p(y) summed over them). With
         ``project=False`` the vectors that ``self.output`` would project."""
         embedded = self.dropout(self.embedding(tgt_in))
