@@ -8,6 +8,7 @@ one process, reports its own peak. Elsewhere the peak is the process's whole lif
 
 from __future__ import annotations
 
+import ctypes
 import sys
 from pathlib import Path
 
@@ -15,7 +16,13 @@ STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
 
 
 def reset_peak_rss() -> None:
-    """Start counting the peak from now (Linux; elsewhere nothing happens)."""
+    """Start counting the peak from now (Linux; elsewhere nothing happens). The peak restarts
+    at the current RSS, so heap memory that earlier work freed but glibc kept is handed back
+    first: otherwise a sweep point would inherit the previous point's peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
     try:
         CLEAR_REFS.write_text("5")
     except OSError:
