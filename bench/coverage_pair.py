@@ -12,6 +12,7 @@ Draws the heatmaps of the same test sentences side by side for the README
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -43,7 +44,8 @@ def main() -> None:
     results = {}
     for name, folder in RUNS.items():
         loaded = load_model(args.runs / folder)
-        settings = TranslateSettings.from_config(loaded.config.decode, beam_size=1, return_attention=True)
+        decode = dataclasses.replace(loaded.config.decode, beam_size=1)
+        settings = TranslateSettings.from_config(decode, return_attention=True)
         with torch.inference_mode(), make_translator(loaded.model, loaded.tokenizer, settings) as translator:
             translated = [best[0] for best in translator.translate(sources)]
         beyond = total = 0.0
