@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from seq2seq.config.schema import RNN_ATTENTIONS, TRANSFORMER_ATTENTIONS
+from seq2seq.models.hard_attention import HARD_MODES
+from seq2seq.models.normalizers import NORMALIZERS
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "bible-en-es-sample"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,25 +139,29 @@ grid:
     assert attn("experiment", str(sweep), "--dry-run", cwd=ROOT).stdout.count("to run") == 2
 
 
-def test_the_rnn_taxonomy_sweep_trains_and_ranks_every_mechanism(workspace: Path):
-    """configs/sweep_rnn_taxonomy.yaml, every point as it is, on the tiny slice and budget."""
+def run_taxonomy_sweep_small(workspace: Path, sweep_name: str, base: Path) -> list[dict]:
+    """configs/``sweep_name``.yaml, every point as it is, from ``base`` at 4 updates a point;
+    returns its points, after checking that each reached the leaderboard."""
     import yaml
 
-    taxonomy = yaml.safe_load((ROOT / "configs" / "sweep_rnn_taxonomy.yaml").read_text(encoding="utf-8"))
-    small = {"base": str(workspace / "tiny.yaml"), "output_dir": str(workspace / "taxonomy"),
+    taxonomy = yaml.safe_load((ROOT / "configs" / f"{sweep_name}.yaml").read_text(encoding="utf-8"))
+    small = {"base": str(base), "output_dir": str(workspace / sweep_name),
              "set": {"train.max_steps": 4, "train.valid_every": 4, "train.log_every": 4, "decode.beam_size": 1},
              "points": taxonomy["points"]}
-    sweep = workspace / "taxonomy.yaml"
+    sweep = workspace / f"{sweep_name}.yaml"
     sweep.write_text(yaml.safe_dump(small), encoding="utf-8")
     attn("experiment", str(sweep), cwd=ROOT)
-    rows = (workspace / "taxonomy" / "leaderboard.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(taxonomy["points"]) == 18
-    from seq2seq.config.schema import RNN_ATTENTIONS
-    from seq2seq.models.hard_attention import HARD_MODES
-    from seq2seq.models.normalizers import NORMALIZERS
+    rows = (workspace / sweep_name / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(taxonomy["points"])
+    return taxonomy["points"]
+
+
+def test_the_rnn_taxonomy_sweep_trains_and_ranks_every_mechanism(workspace: Path):
+    points = run_taxonomy_sweep_small(workspace, "sweep_rnn_taxonomy", workspace / "tiny.yaml")
+    assert len(points) == 17
 
     def named(key: str) -> set:
-        return {point[key] for point in taxonomy["points"] if key in point}
+        return {point[key] for point in points if key in point}
 
     # every mechanism, every way to train hard attention, every sparse normaliser, coverage, MoChA
     assert named("model.attention") == set(RNN_ATTENTIONS)
@@ -163,29 +171,15 @@ def test_the_rnn_taxonomy_sweep_trains_and_ranks_every_mechanism(workspace: Path
 
 
 def test_the_transformer_taxonomy_sweep_trains_and_ranks_every_mechanism(workspace: Path):
-    """configs/sweep_transformer_taxonomy.yaml, every point as it is, on the tiny slice and budget."""
-    import yaml
-
-    from seq2seq.config.schema import TRANSFORMER_ATTENTIONS
-    from seq2seq.models.normalizers import NORMALIZERS
-
     base = (workspace / "tiny.yaml").read_text(encoding="utf-8").replace(
         "model: {arch: gru, attention: additive, embed_dim: 32, hidden_dim: 32, encoder_layers: 1, decoder_layers: 1}",
         "model: {arch: transformer, attention: scaled_dot, hidden_dim: 32, heads: 2, ffn_dim: 64, encoder_layers: 1, "
         "decoder_layers: 1}")
     (workspace / "tiny_transformer.yaml").write_text(base, encoding="utf-8")
-    taxonomy = yaml.safe_load((ROOT / "configs" / "sweep_transformer_taxonomy.yaml").read_text(encoding="utf-8"))
-    small = {"base": str(workspace / "tiny_transformer.yaml"), "output_dir": str(workspace / "transformer_taxonomy"),
-             "set": {"train.max_steps": 4, "train.valid_every": 4, "train.log_every": 4, "decode.beam_size": 1},
-             "points": taxonomy["points"]}
-    sweep = workspace / "transformer_taxonomy.yaml"
-    sweep.write_text(yaml.safe_dump(small), encoding="utf-8")
-    attn("experiment", str(sweep), cwd=ROOT)
-    rows = (workspace / "transformer_taxonomy" / "leaderboard.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(taxonomy["points"])
+    points = run_taxonomy_sweep_small(workspace, "sweep_transformer_taxonomy", workspace / "tiny_transformer.yaml")
 
     def named(key: str) -> set:
-        return {point[key] for point in taxonomy["points"] if key in point}
+        return {point[key] for point in points if key in point}
 
     assert named("model.attention") == set(TRANSFORMER_ATTENTIONS)
     assert named("model.attention_normalizer") == set(NORMALIZERS) - {"softmax"}

@@ -307,17 +307,10 @@ TASKS = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("name", list(TASKS))
-def test_learns_the_task(name, one_thread):
+def test_learns_the_task(name):
     settings, steps, reverse = TASKS[name]
     torch.manual_seed(0)
     cfg = Config(model=ModelConfig(**settings))

@@ -84,12 +84,12 @@ def test_computed_in_float32_under_autocast(name):
     torch.testing.assert_close(weights.sum(-1), torch.ones(3))
 
 
-def test_a_transformer_config_notes_that_its_heads_use_softmax():
-    """One config switches architecture freely: the RNN-only key is noted, not refused."""
+def test_a_transformer_config_keeps_a_sparse_normalizer_for_its_heads():
+    """Since the Transformer taxonomy its heads normalise with the same key: it is kept, not noted away."""
     cfg = load_config(None, ["model.arch=transformer", "model.attention=scaled_dot",
                              "model.attention_normalizer=sparsemax"])
-    assert cfg.model.attention_normalizer == "softmax"
-    assert any("attention_normalizer sparsemax applies to RNN attention" in note for note in cfg.notes)
+    assert cfg.model.attention_normalizer == "sparsemax"
+    assert not any("attention_normalizer" in note for note in cfg.notes)
 
 
 @pytest.mark.parametrize("name", SPARSE)

@@ -17,6 +17,7 @@ from seq2seq.data.prepare import load_prepared
 from seq2seq.data.special import PAD_ID
 from seq2seq import checkpoint as ckpt
 from seq2seq import run_folder
+from seq2seq.training import objective as objective_module
 from seq2seq.training import trainer as trainer_module
 from seq2seq.training.distributed import DistInfo
 from seq2seq.training import loss as loss_module
@@ -53,7 +54,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 def poison_losses(monkeypatch: pytest.MonkeyPatch, bad_calls) -> None:
     """Make the training loss NaN on the given (1-based) micro-batch calls."""
-    real = trainer_module.projected_smoothed_nll
+    real = objective_module.projected_smoothed_nll
     calls = itertools.count(1)
 
     def patched(features, output, target, smoothing):
@@ -62,7 +63,7 @@ def poison_losses(monkeypatch: pytest.MonkeyPatch, bad_calls) -> None:
             sums.loss = sums.loss * float("nan")
         return sums
 
-    monkeypatch.setattr(trainer_module, "projected_smoothed_nll", patched)
+    monkeypatch.setattr(objective_module, "projected_smoothed_nll", patched)
 
 
 # ----------------------------------------------------------------------------- loss
