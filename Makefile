@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-length bench-taxonomy bench-coverage gpu-check clean
+.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-length bench-taxonomy bench-taxonomy-transformer bench-coverage gpu-check clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ bench-length: install
 # Every RNN attention mechanism, 4 minutes each on the full corpus (about 85 minutes).
 bench-taxonomy: install
 	$(PY) -m bench.taxonomy
+
+# Every Transformer attention mechanism, 5 minutes each on the full corpus (about 60 minutes).
+bench-taxonomy-transformer: install
+	$(PY) -m bench.taxonomy --sweep transformer --minutes 5
 
 # Attention paid twice with and without coverage, from bench-taxonomy's runs (a few minutes).
 bench-coverage: install

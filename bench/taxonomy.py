@@ -1,11 +1,14 @@
-"""``make bench-taxonomy``: every RNN attention mechanism on the full corpus, one equal budget each.
+"""``make bench-taxonomy``: every attention mechanism on the full corpus, one equal budget each.
 
-Runs the points of ``configs/sweep_rnn_taxonomy.yaml`` (model and decoding settings as there)
+Runs the points of ``configs/sweep_rnn_taxonomy.yaml`` (``--sweep transformer``:
+``configs/sweep_transformer_taxonomy.yaml``, ``make bench-taxonomy-transformer``; model and
+decoding settings as there)
 on the full Bible corpus, Spanish -> English, each trained for the same wall-clock budget
 (``--minutes``, validation included, one validation of 200 sentences at the end), then scored
 on the whole test set (greedy, the sweep's decode.beam_size 1): the leaderboard gives BLEU,
-chrF, target tokens/s and peak RSS per mechanism. 17 points of 4 minutes: about 85 minutes on
-2 cores; run nothing else meanwhile. Re-running skips finished points.
+chrF, target tokens/s and peak RSS per mechanism. The RNN sweep's 17 points of 4 minutes take
+about 85 minutes on 2 cores, the Transformer's 10 points of 5 minutes about 60; run nothing else
+meanwhile. Re-running skips finished points.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ import yaml
 from bench.peers import this_machine
 from bench.run import CORPUS, OUT, ROOT
 
-SWEEP = ROOT / "configs" / "sweep_rnn_taxonomy.yaml"
+SWEEPS = {"rnn": ROOT / "configs" / "sweep_rnn_taxonomy.yaml",
+          "transformer": ROOT / "configs" / "sweep_transformer_taxonomy.yaml"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--sweep", choices=tuple(SWEEPS), default="rnn", help="which half of the taxonomy")
     parser.add_argument("--minutes", type=float, default=4.0, help="training budget of every point")
     parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    sweep = yaml.safe_load(SWEEP.read_text(encoding="utf-8"))
-    out = OUT / "taxonomy"
+    sweep = yaml.safe_load(SWEEPS[args.sweep].read_text(encoding="utf-8"))
+    out = OUT / ("taxonomy" if args.sweep == "rnn" else f"taxonomy_{args.sweep}")
     sweep["output_dir"] = str(out)
     sweep["set"] = {
         **sweep["set"],

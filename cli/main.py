@@ -66,6 +66,13 @@ class Engine(str, Enum):
     ctranslate2 = "ctranslate2"
 
 
+class Launcher(str, Enum):
+    """Who runs a sweep's points: this process one by one, or Ray (seq2seq.ray_launcher)."""
+
+    local = "local"
+    ray = "ray"
+
+
 class OneLineUsageErrors(typer.core.TyperGroup):
     """Usage errors (a bad option value, a missing option, an unknown command) as one
     ``error:`` line and exit code 2, like every other bad input, instead of click's boxed
@@ -299,14 +306,40 @@ def refuse_options(given: dict[str, bool], reason: str) -> None:
         raise UserError(f"{'/'.join(names)}: {reason}")
 
 
-def check_attention_choice(layer: int, head: int | None, model: ModelConfig) -> None:
-    """--attention-layer and --attention-head must name a layer and a head the model has."""
-    if not -model.decoder_layers <= layer < model.decoder_layers:
-        raise UserError(f"--attention-layer {layer}: the model has {model.decoder_layers} decoder layers; "
-                        f"choose 0 to {model.decoder_layers - 1} (or -1 for the last)")
+def check_attention_choice(layer: int, head: int | None, model: ModelConfig, stack: str = "decoder") -> None:
+    """--attention-layer and --attention-head must name a layer (of the ``stack`` whose
+    attention is drawn) and a head the model has."""
+    layers = model.decoder_layers if stack == "decoder" else model.encoder_layers
+    if not -layers <= layer < layers:
+        raise UserError(f"--attention-layer {layer}: the model has {layers} {stack} layers; "
+                        f"choose 0 to {layers - 1} (or -1 for the last)")
     if head is not None and not 0 <= head < model.heads:
         raise UserError(f"--attention-head {head}: the model has {model.heads} heads; choose 0 to {model.heads - 1}, "
                         "or leave it out for their mean")
+
+
+def check_self_attention_plots(model: object, plots: Path | None, layer: int, head: int | None) -> None:
+    """--self-attention needs --attention-plots and one Transformer whose weights are over positions."""
+    from seq2seq.models.self_attention_map import has_self_attention_map
+
+    if plots is None:
+        raise UserError("--self-attention: draws into --attention-plots DIR; add it")
+    if hasattr(model, "members"):
+        raise UserError("--self-attention: draws one model's encoder; give one --checkpoint")
+    why = has_self_attention_map(model)
+    if why is not None:
+        raise UserError(f"--self-attention: {why}; drop --self-attention")
+    check_attention_choice(layer, head, model.config, stack="encoder")
+
+
+def self_attention_plotter(model: object, layer: int, head: int | None):
+    """Source ids -> the encoder self-attention [S,S] that --self-attention draws."""
+    import torch
+
+    from seq2seq.models.self_attention_map import encoder_self_attention
+
+    device = next(model.parameters()).device
+    return lambda ids: encoder_self_attention(model, torch.tensor([ids], device=device), layer, head)[0]
 
 
 @app.command()
@@ -333,8 +366,15 @@ def translate(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,
     attention_plots: Annotated[Optional[Path], typer.Option(help="Write one attention heatmap PNG per sentence here.")] = None,
-    max_plots: Annotated[int, typer.Option(min=0, help="At most this many heatmaps.")] = 50,
-    attention_layer: Annotated[int, typer.Option(help="Transformer: cross-attention layer to plot (-1: last).")] = -1,
+    max_plots: Annotated[int, typer.Option(min=0, help="At most this many heatmaps (PNGs, or sentences of --attention-html).")] = 50,
+    attention_html: Annotated[Optional[Path], typer.Option(help="Write the translations with their attention maps "
+                                                                "as one self-contained HTML page here (hover a target "
+                                                                "piece to see the source pieces it attends to).")] = None,
+    self_attention: Annotated[bool, typer.Option("--self-attention", help="With --attention-plots, draw the encoder's "
+                                                 "self-attention over each source (Transformer, one checkpoint) instead of "
+                                                 "the cross-attention: local and sparse attention show their pattern.")] = False,
+    attention_layer: Annotated[int, typer.Option(help="Transformer: the layer to plot, of the decoder (cross-attention) "
+                                                      "or with --self-attention the encoder (-1: last).")] = -1,
     attention_head: Annotated[Optional[int], typer.Option(help="Transformer: head to plot (default: mean of heads).")] = None,
     tokenizer: Annotated[Optional[Path], typer.Option(help="Check this tokenizer folder against the checkpoint's.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
@@ -347,7 +387,7 @@ def translate(
 
     from seq2seq.decoding.ensemble import has_attention
     from seq2seq.decoding.loading import use_cpu_kernels
-    from seq2seq.decoding.output import AttentionPlots, write_translations
+    from seq2seq.decoding.output import AttentionPage, AttentionPlots, write_translations
     from seq2seq.decoding.settings import TranslateSettings
     from seq2seq.decoding.translator import make_translator
 
@@ -368,12 +408,21 @@ def translate(
                 raise UserError(f"--output {output}: is an input of this command ({path}); choose another file")
         if zipfile.is_zipfile(output):  # how torch saves a checkpoint
             raise UserError(f"--output {output}: is a checkpoint (or another zip archive); choose another file")
-    if (alignments or attention_plots) and not has_attention(model):
-        option = "--alignments" if alignments else "--attention-plots"
+    if attention_html is not None and (attention_html.is_dir() or not attention_html.parent.is_dir()):
+        raise UserError(f"--attention-html {attention_html}: " + ("is a folder; name a file" if attention_html.is_dir()
+                        else f"its folder {attention_html.parent} does not exist; create it or choose another"))
+    if self_attention:
+        refuse_options({"--alignments": alignments, "--attention-html": attention_html is not None},
+                       "comes from the cross-attention, while --self-attention makes --attention-layer name an "
+                       "encoder layer; run the two apart")
+        check_self_attention_plots(model, attention_plots, attention_layer, attention_head)
+    elif (alignments or attention_plots or attention_html) and not has_attention(model):
+        option = "--alignments" if alignments else "--attention-plots" if attention_plots else "--attention-html"
         raise UserError(f"{option}: the model has no attention (model.attention: none), so there are no weights to "
                         f"{'align with' if alignments else 'plot'}; drop {option}")
+    cross_attention = bool(attention_plots and not self_attention or alignments or attention_html)
     for m in getattr(model, "members", [model]):
-        if (attention_plots or alignments) and m.config.arch == "transformer":
+        if cross_attention and m.config.arch == "transformer":
             check_attention_choice(attention_layer, attention_head, m.config)
     decode = loaded.config.decode
     overrides = {"beam_size": beam, "length_penalty": length_penalty, "max_len_a": max_len_a,
@@ -381,7 +430,7 @@ def translate(
     settings = TranslateSettings.from_config(dataclasses.replace(
         decode, **{k: v for k, v in overrides.items() if v is not None}),
         nbest=nbest, sampling=sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        return_attention=bool(attention_plots or alignments), attention_layer=attention_layer,
+        return_attention=cross_attention, attention_layer=attention_layer,
         attention_head=attention_head, workers=workers, engine=engine.value)
     if settings.max_len_a == 0 and settings.max_len_b == 0:  # config.rules refuses it in a config
         raise UserError("--max-len-b 0: with --max-len-a 0 as well (given, or the checkpoint's decode.max_len_a), "
@@ -393,10 +442,18 @@ def translate(
     plot_folders = make_output_folder(attention_plots, "--attention-plots") if attention_plots is not None else []
     source_fd = os.open(input, os.O_RDONLY) if input else sys.stdin.fileno()
     sink = AtomicOutput(output) if output else None
-    plots = AttentionPlots(attention_plots, max_plots, loaded.tokenizer) if attention_plots is not None else None
+    drawings: list[AttentionPlots | AttentionPage] = []
+    if attention_plots is not None:
+        drawings.append(AttentionPlots(attention_plots, max_plots, loaded.tokenizer, self_attention_plotter(
+            model, attention_layer, attention_head) if self_attention else None))
+    if attention_html is not None:
+        drawings.append(AttentionPage(attention_html, max_plots, loaded.tokenizer))
     try:
         line_no = write_translations(translator, source_fd, str(input or "stdin"), sink.file if sink else sys.stdout,
-                                     nbest=nbest, scores=scores, alignments=alignments, plots=plots)
+                                     nbest=nbest, scores=scores, alignments=alignments, drawings=drawings)
+        for drawing in drawings:
+            if isinstance(drawing, AttentionPage):
+                drawing.write(str(input or "stdin"))
     except BaseException:
         if sink:
             sink.discard()
@@ -529,17 +586,44 @@ def average(
 def experiment(
     sweep: Annotated[Path, typer.Argument(help="The sweep YAML (base config + grid of overrides).", show_default=False)],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the points and stop.")] = False,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: run only shard I of N (every N-th point, by their "
+                                                      "order in the file), e.g. one CI job of a matrix of N.")] = None,
+    merge: Annotated[Optional[list[Path]], typer.Option(help="Instead of running: copy the points the shards "
+                                                             "finished from their output folders (repeat the option "
+                                                             "for each) and write the whole sweep's leaderboard.")] = None,
+    launcher: Annotated[Launcher, typer.Option(help="local: one point after another; ray: points as Ray tasks, "
+                                                    "each with the sweep's resources (pip install 'attn[ray]').")] = Launcher.local,
+    address: Annotated[Optional[str], typer.Option(help="--launcher ray: the cluster to join (default: start a "
+                                                        "local Ray instance).")] = None,
 ) -> None:
     """Run a sweep: tokenize -> train -> evaluate per point, then a leaderboard (md, csv, png)."""
     from seq2seq.experiment import describe_points, load_sweep, run_sweep
+    from seq2seq.sweep_shards import merge_shards, parse_shard
+    from seq2seq.sweep_shards import shard as shard_of
 
+    if shard is not None and merge:
+        raise UserError("--shard/--merge: a shard runs points, a merge collects them; give one of the two")
+    if address is not None and launcher != Launcher.ray:
+        raise UserError(f"--address {address}: names a Ray cluster; add --launcher ray")
     plan = load_sweep(sweep)
+    if merge:
+        leaderboard = merge_shards(plan, merge, log=eprint)
+        print(leaderboard.read_text(), end="")
+        eprint(f"leaderboard: {leaderboard} (+ .csv, .png, report.html)")
+        return
+    if shard is not None:
+        plan = shard_of(plan, *parse_shard(shard))
     print(describe_points(plan))
     if dry_run:
         return
-    leaderboard = run_sweep(plan, log=eprint)
+    if launcher == Launcher.ray:
+        from seq2seq.ray_launcher import run_sweep_on_ray
+
+        leaderboard = run_sweep_on_ray(plan, log=eprint, address=address)
+    else:
+        leaderboard = run_sweep(plan, log=eprint)
     print(leaderboard.read_text(), end="")
-    eprint(f"leaderboard: {leaderboard} (+ .csv, .png)")
+    eprint(f"leaderboard: {leaderboard} (+ .csv, .png, report.html)")
 
 
 def main() -> None:

@@ -15,7 +15,11 @@ A sweep file::
 Each point runs tokenize -> train -> evaluate on the test set. A point whose report exists and
 whose config has not changed since is skipped; any other point with checkpoints resumes, so a CI
 job can simply be re-run.
-The results land in ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.png``.
+The results land in ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.png`` and
+``report.html`` (sweep_report.py: the table sortable, the learning curves, and every point's
+translation and attention map of the first test sentences side by side).
+
+A sweep too long for one CI job runs as shards, one per job, merged afterwards (sweep_shards.py).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ from seq2seq.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-SWEEP_KEYS = ("base", "output_dir", "set", "grid", "points")
+SWEEP_KEYS = ("base", "output_dir", "set", "grid", "points", "resources")
+RESOURCES = {"cpus": 1.0, "gpus": 0.0}  # what one point needs, for --launcher ray
 REPORT = f"{run_folder.REPORT_DIR}/report.json"  # what attn evaluate writes in a point's run folder
 
 
@@ -71,6 +76,7 @@ class Sweep:
     path: Path
     output_dir: Path
     points: list[Point]
+    resources: dict[str, float] = field(default_factory=lambda: dict(RESOURCES))
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -119,7 +125,21 @@ def load_sweep(path: Path) -> Sweep:
     if twins:
         raise UserError(f"{path}: two points get the same folder name ({', '.join(twins)}); "
                         "make their values differ in more than punctuation")
-    return Sweep(path, output_dir, points)
+    return Sweep(path, output_dir, points, _resources(raw.get("resources"), path))
+
+
+def _resources(value: Any, path: Path) -> dict[str, float]:
+    """The sweep's ``resources: {cpus: C, gpus: G}``: what each point needs of a Ray cluster."""
+    given = _mapping(value, path, "resources")
+    for key, amount in given.items():
+        if key not in RESOURCES:
+            raise UserError(f"{path}: resources.{key}: unknown; a point's resources are {', '.join(RESOURCES)}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise UserError(f"{path}: resources.{key}: {amount!r} must be a number >= 0")
+    resources = {**RESOURCES, **{key: float(amount) for key, amount in given.items()}}
+    if resources["cpus"] <= 0 and resources["gpus"] <= 0:
+        raise UserError(f"{path}: resources: a point needs some cpus or gpus")
+    return resources
 
 
 def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
@@ -148,35 +168,51 @@ def data_hash(cfg: Config) -> str:
 
 def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
     """Run every unfinished point, then write the leaderboard; returns its markdown path."""
-    from seq2seq.evaluation.evaluate import translate_and_score
-    from seq2seq.training.run import train
-
-    for point in sweep.points:  # before any training, not after the first point's
-        if point.config.data.test is None:
-            raise UserError(f"{sweep.path}: point {point.name} has no data.test to evaluate on")
+    check_test_sets(sweep)
     failed = []
     for number, point in enumerate(sweep.points, start=1):
         header = f"[{number}/{len(sweep.points)}] {point.name}"
         if point.finished:
             log(f"{header}: finished earlier, skipped")
             continue
-        # The report of an earlier config must not pass for this one's if training stops early.
-        (point.output_dir / REPORT).unlink(missing_ok=True)
-        resume = can_resume(point)
-        log(f"{header}: {'resuming' if resume else 'training'} -> {point.output_dir}")
         try:
-            summary = train(point.config, resume=resume, overwrite=not resume, log=log, quiet=True)
-            if summary.interrupted:  # saved; a re-run resumes it instead of scoring a half-trained model
-                raise KeyboardInterrupt
-            src, ref = (Path(f"{point.config.data.test}.{lang}")
-                        for lang in (point.config.data.src_lang, point.config.data.tgt_lang))
-            report, _ = translate_and_score(point.output_dir, src, [ref], None, None, decode=point.config.decode,
-                                            device=str(training_device(point.config)))
+            run_point(point, header, log)
         except UserError as exc:  # the other points still run, and the leaderboard shows what finished
             log(f"{header}: error: {exc}")
             failed.append(point.name)
-            continue
-        log(f"{header}: test BLEU {report['bleu']:.2f} chrF {report['chrf']:.2f}")
+    return finish_sweep(sweep, failed)
+
+
+def check_test_sets(sweep: Sweep) -> None:
+    """Every point must have a test set to be scored on: checked before any training, not after
+    the first point's."""
+    for point in sweep.points:
+        if point.config.data.test is None:
+            raise UserError(f"{sweep.path}: point {point.name} has no data.test to evaluate on")
+
+
+def run_point(point: Point, header: str, log: Callable[[str], None]) -> dict:
+    """Train (or resume) one point and score it on its test set; its report."""
+    from seq2seq.evaluation.evaluate import translate_and_score
+    from seq2seq.training.run import train
+
+    # The report of an earlier config must not pass for this one's if training stops early.
+    (point.output_dir / REPORT).unlink(missing_ok=True)
+    resume = can_resume(point)
+    log(f"{header}: {'resuming' if resume else 'training'} -> {point.output_dir}")
+    summary = train(point.config, resume=resume, overwrite=not resume, log=log, quiet=True)
+    if summary.interrupted:  # saved; a re-run resumes it instead of scoring a half-trained model
+        raise KeyboardInterrupt
+    src, ref = (Path(f"{point.config.data.test}.{lang}")
+                for lang in (point.config.data.src_lang, point.config.data.tgt_lang))
+    report, _ = translate_and_score(point.output_dir, src, [ref], None, None, decode=point.config.decode,
+                                    device=str(training_device(point.config)))
+    log(f"{header}: test BLEU {report['bleu']:.2f} chrF {report['chrf']:.2f}")
+    return report
+
+
+def finish_sweep(sweep: Sweep, failed: list[str]) -> Path:
+    """Write the leaderboard of what finished; then, if points failed, say which."""
     leaderboard = write_leaderboard(sweep)
     if failed:
         raise UserError(f"{len(failed)} of {len(sweep.points)} points failed ({', '.join(failed)}; their errors "
@@ -270,7 +306,20 @@ def write_leaderboard(sweep: Sweep) -> Path:
     if rows:
         bar_chart(sweep.output_dir / "leaderboard.png", [r["point"] for r in rows],
                   [r["test_bleu"] for r in rows], title=f"Test BLEU by point ({sweep.path.name})", ylabel="BLEU")
+    write_html_report(sweep, columns, rows)
     return md
+
+
+def write_html_report(sweep: Sweep, columns: list[str], rows: list[dict[str, Any]]) -> Path:
+    """``report.html`` (sweep_report.py): the leaderboard, the learning curves, and the first
+    test sentences translated by every finished point, with the first point's test set."""
+    from seq2seq.sweep_report import write_report
+
+    points = {point.name: point for point in sweep.points}
+    runs = {row["point"]: points[row["point"]].output_dir for row in rows}
+    data = points[rows[0]["point"]].config.data if rows else None
+    test_source = Path(f"{data.test}.{data.src_lang}") if data is not None and data.test else None
+    return write_report(sweep.output_dir / "report.html", f"Sweep: {sweep.path}", columns, rows, runs, test_source)
 
 
 def describe_points(sweep: Sweep) -> str:

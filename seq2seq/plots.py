@@ -23,9 +23,11 @@ DPI = 150
 
 
 def attention_heatmap(
-    path: str | Path, src_pieces: Sequence[str], tgt_pieces: Sequence[str], weights: ArrayLike
+    path: str | Path, src_pieces: Sequence[str], tgt_pieces: Sequence[str], weights: ArrayLike,
+    ylabel: str = "output pieces",
 ) -> None:
-    """Attention weights [target, source] (tensor or array) as a grid: dark is strong attention."""
+    """Attention weights [target, source] (tensor or array) as a grid: dark is strong attention.
+    (Self-attention: the source pieces on both axes, ``ylabel`` naming the queries.)"""
     weights = _to_numpy(weights)
     if weights.shape != (len(tgt_pieces), len(src_pieces)):
         raise ValueError(
@@ -41,7 +43,7 @@ def attention_heatmap(
         ax.set_xticks(range(len(src_pieces)), src_pieces, rotation=90)
         ax.set_yticks(range(len(tgt_pieces)), tgt_pieces)
         ax.set_xlabel("source pieces")
-        ax.set_ylabel("output pieces")
+        ax.set_ylabel(ylabel)
         fig.colorbar(image, ax=ax, label="attention weight")
         _save(fig, path)
 

@@ -185,3 +185,83 @@ def test_points_whose_short_names_collide_get_full_key_names_and_reordered_twins
                            "  - {model.attention: dot, model.arch: gru}\n")
     with pytest.raises(UserError, match="two points have the same overrides"):
         load_sweep(path)
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+def sharded_sweep(tmp_path: Path, tiny_corpus, attentions: str, max_steps: int = 2) -> Path:
+    """A sweep whose output folder is relative, as a repository's sweep file has it: each CI job
+    (here: each working folder) gets its own."""
+    path = write_sweep(tmp_path, tiny_corpus, max_steps)
+    text = path.read_text().replace(f"output_dir: {tmp_path / 'sweep'}", "output_dir: sweep")
+    path.write_text(text.replace("[dot]", attentions))
+    return path
+
+
+def test_shards_hold_every_point_once_whatever_has_finished(tmp_path, tiny_corpus, monkeypatch):
+    from seq2seq.errors import UserError
+    from seq2seq.sweep_shards import parse_shard, shard
+
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(sharded_sweep(tmp_path, tiny_corpus, "[dot, general, additive, scaled_dot, local_m]"))
+    names = [[p.name for p in shard(sweep, i, 2).points] for i in (1, 2)]
+    assert names == [["attention-dot", "attention-additive", "attention-local_m"],
+                     ["attention-general", "attention-scaled_dot"]]
+    pretend_finished(sweep.points[0])
+    assert [[p.name for p in shard(load_sweep(sweep.path), i, 2).points] for i in (1, 2)] == names
+    assert parse_shard(" 2 / 3") == (2, 3)
+    for bad in ("0/2", "3/2", "1", "a/b"):
+        with pytest.raises(UserError, match=f"--shard {bad}: write I/N"):
+            parse_shard(bad)
+
+
+def test_a_sweep_run_as_two_shards_and_merged_gives_the_whole_runs_leaderboard(tmp_path, tiny_corpus, monkeypatch):
+    import csv
+
+    from seq2seq.sweep_shards import merge_shards, shard
+
+    path = sharded_sweep(tmp_path, tiny_corpus, "[dot, general, additive, scaled_dot]")
+    boards = {}
+    for job in ("whole", "shard1", "shard2"):
+        (tmp_path / job).mkdir()
+        monkeypatch.chdir(tmp_path / job)
+        sweep = load_sweep(path)
+        boards[job] = run_sweep(sweep if job == "whole" else shard(sweep, int(job[-1]), 2), log=lambda m: None).resolve()
+    (tmp_path / "merge").mkdir()
+    monkeypatch.chdir(tmp_path / "merge")
+    merged = merge_shards(load_sweep(path), [tmp_path / "shard1" / "sweep", tmp_path / "shard2" / "sweep"],
+                          log=lambda m: None)
+
+    def scores(board: Path) -> list[dict]:
+        # Speed, memory and wall time differ between runs; what the points learned must not.
+        with open(board.with_suffix(".csv"), encoding="utf-8") as f:
+            return [{k: row[k] for k in ("point", "model.attention", "test_bleu", "test_chrf", "parameters")}
+                    for row in csv.DictReader(f)]
+
+    whole = scores(boards["whole"])
+    assert len(whole) == 4 and len(scores(boards["shard1"])) == 2
+    # report.html: every point's translation of each of the first 3 test sentences, side by side
+    report = (merged.parent / "report.html").read_text(encoding="utf-8")
+    assert report.count('class="card"') == 4 * 3 and report.count("<polyline") == 4
+    assert all(report.count(f"<h3>{row['point']}</h3>") == 3 for row in whole)
+    assert sorted(whole, key=str) == sorted(scores(merged), key=str)
+    assert [row["point"] for row in scores(merged)] == [row["point"] for row in whole]
+
+
+def test_a_merge_refuses_another_sweeps_points_and_replaces_nothing(tmp_path, tiny_corpus, monkeypatch):
+    from seq2seq.errors import UserError
+    from seq2seq.sweep_shards import merge_shards
+
+    (tmp_path / "shard").mkdir()
+    monkeypatch.chdir(tmp_path / "shard")
+    other = load_sweep(sharded_sweep(tmp_path, tiny_corpus, "[dot]", max_steps=3))
+    pretend_finished(other.points[0])
+    (tmp_path / "merge").mkdir()
+    monkeypatch.chdir(tmp_path / "merge")
+    sweep = load_sweep(sharded_sweep(tmp_path, tiny_corpus, "[dot]", max_steps=4))
+    with pytest.raises(UserError, match=r"--merge .*shard/sweep/attention-dot: not a point of .*sweep.yaml as it is now"):
+        merge_shards(sweep, [tmp_path / "shard" / "sweep"], log=lambda m: None)
+    assert not (tmp_path / "merge" / "sweep").exists()
+    with pytest.raises(UserError, match="--merge .*nowhere: not a folder"):
+        merge_shards(sweep, [tmp_path / "nowhere"], log=lambda m: None)

@@ -3,6 +3,7 @@ the equality of its causal forms, and the properties decoding relies on."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from seq2seq.models.performer import (attend_summary, causal_linear_attention, feature_map, linear_attention,
@@ -49,20 +50,22 @@ def test_the_error_against_softmax_attention_falls_like_one_over_sqrt_m():
     assert 4.0 < errors[0] / errors[-1] < 16.0, errors
 
 
-def test_prefix_sums_equal_the_recurrent_steps():
+@pytest.mark.parametrize("chunk", [64, 5, 1])  # one chunk; chunks and a ragged last one; a chunk a position
+def test_prefix_sums_equal_the_recurrent_steps(chunk):
     q, k, v = _qkv(12, 12)
     qf, kf = _phi(q, k)
     stepped, _ = _step_by_step(qf, kf, v)
-    torch.testing.assert_close(causal_linear_attention(qf, kf, v), stepped, atol=1e-5, rtol=0)
+    torch.testing.assert_close(causal_linear_attention(qf, kf, v, chunk=chunk), stepped, atol=1e-5, rtol=0)
 
 
-def test_a_future_token_changes_no_earlier_output():
+@pytest.mark.parametrize("chunk", [64, 4])
+def test_a_future_token_changes_no_earlier_output(chunk):
     q, k, v = _qkv(9, 9)
     k2, v2 = k.clone(), v.clone()
     k2[:, :, 5] += 3.0
     v2[:, :, 5] -= 2.0
-    before = causal_linear_attention(*_phi(q, k), v)
-    after = causal_linear_attention(*_phi(q, k2), v2)
+    before = causal_linear_attention(*_phi(q, k), v, chunk=chunk)
+    after = causal_linear_attention(*_phi(q, k2), v2, chunk=chunk)
     assert torch.equal(before[:, :, :5], after[:, :, :5])
     assert not torch.allclose(before[:, :, 5:], after[:, :, 5:])  # the change does reach position 5 on
 

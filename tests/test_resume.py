@@ -37,9 +37,15 @@ def train_losses(out) -> dict[int, float]:
 # The second: an LSTM decoder of 2 layers with input feeding, which in training runs attn's own
 # steps (seq2seq/kernels/lstm_step.py) with attn's dropout between the layers.
 # The third draws its attention positions (REINFORCE), so the resumed run must draw the same.
+# The last two are the Transformer taxonomy's: Performer's random features must come back as
+# drawn, and sparse attention's random blocks, memory slots and Gaussian bias with their state.
 MODELS = {"default": (), "lstm-input-feeding": ("model.arch=lstm", "model.decoder_layers=2",
                                                 "model.decoder_style=luong", "model.input_feeding=true"),
-          "hard-attention": ("model.attention=hard", "model.hard_attention=reinforce")}
+          "hard-attention": ("model.attention=hard", "model.hard_attention=reinforce"),
+          "transformer-performer": ("model.arch=transformer", "model.attention=performer", "model.features=16"),
+          "transformer-sparse-extras": ("model.arch=transformer", "model.attention=sparse", "model.window=2",
+                                        "model.global_tokens=1", "model.random_blocks=1", "model.memory_slots=2",
+                                        "model.gaussian_bias=true")}
 
 
 @pytest.mark.parametrize("model", MODELS)

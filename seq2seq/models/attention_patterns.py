@@ -39,15 +39,23 @@ def sparse_pattern(num_queries: int, num_keys: int, window: int, global_tokens: 
 
 
 @functools.lru_cache(maxsize=4096)
+def random_block_indices(length: int, block: int, count: int, seed: int) -> Tensor:
+    """[blocks, min(count, blocks)]: BigBird's random key blocks (of ``block`` positions) for
+    each query block of a sentence of ``length`` real tokens, the same for every sentence of
+    that length and seed."""
+    blocks = -(-length // block)
+    drawn = [torch.randperm(blocks, generator=torch.Generator().manual_seed(
+        seed * 1_000_003 + length * 1009 + query_block))[:count] for query_block in range(blocks)]
+    return torch.stack(drawn) if drawn else torch.zeros(0, 0, dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=4096)
 def random_blocks(length: int, block: int, count: int, seed: int) -> Tensor:
     """[L,L] True where a query of a sentence of ``length`` real tokens attends by BigBird's
-    random part: ``count`` key blocks of ``block`` positions drawn for each query block, the
-    same for every sentence of that length and seed."""
-    blocks = -(-length // block)
+    random part (random_block_indices)."""
     allowed = torch.zeros(length, length, dtype=torch.bool)
-    for query_block in range(blocks):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + length * 1009 + query_block)
-        for key_block in torch.randperm(blocks, generator=generator)[:count].tolist():
+    for query_block, key_blocks in enumerate(random_block_indices(length, block, count, seed).tolist()):
+        for key_block in key_blocks:
             allowed[query_block * block:(query_block + 1) * block, key_block * block:(key_block + 1) * block] = True
     return allowed
 

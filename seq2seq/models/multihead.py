@@ -19,9 +19,10 @@ from seq2seq.data.special import PAD_ID
 from seq2seq.kernels import Linear
 from seq2seq.kernels import dropout as fast_dropout
 from seq2seq.models.attention_extras import GaussianBias, LengthProjection, MemorySlots
+from seq2seq.models.blocked import BlockPattern, blocked_attention
 from seq2seq.models.normalizers import normalizer
-from seq2seq.models.performer import (attend_summary, causal_linear_attention, feature_map, key_features,
-                                      orthogonal_features, recurrent_step, summarise_keys)
+from seq2seq.models.performer import (attend_summary, causal_linear_attention, feature_map, feature_weights,
+                                      key_features, orthogonal_features, recurrent_step, summarise_keys)
 
 def padding_mask(tokens: Tensor) -> Tensor:
     """True on real tokens: [B,S] -> [B,S]."""
@@ -153,14 +154,18 @@ class SelfAttention(nn.Module):
         self.performer = PerformerFeatures(performer_features, dim // heads) if performer_features else None
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, is_causal: bool = False,
+        self, x: Tensor, mask: Tensor | BlockPattern | None, cache: KVCache | None = None, is_causal: bool = False,
         key_mask: Tensor | None = None,
     ) -> tuple[Tensor, KVCache | None]:
         """x [B,T,d] -> output [B,T,d]; with a cache (one new position), the cache grown by it.
-        ``key_mask`` [B,S] (True on real tokens) for the Gaussian bias and Linformer."""
+        ``key_mask`` [B,S] (True on real tokens) for the Gaussian bias and Linformer. A
+        BlockPattern for ``mask`` computes a window (and sparse's extras) block by block."""
         q, k, v = (split_heads(part, self.heads) for part in self.qkv(x).chunk(3, dim=-1))
         if self.performer is not None:
             return self._performer(x, q, k, v, cache, is_causal, key_mask)
+        if isinstance(mask, BlockPattern):
+            out = blocked_attention(q, k, v, mask, self.dropout if self.training else 0.0, self.normalize)
+            return self.out(merge_heads(out.to(x.dtype))), cache
         if cache is not None:
             cache = cache.append(k, v)
             k, v = cache.keys_values()
@@ -374,9 +379,8 @@ class CrossAttention(nn.Module):
         q_features = self.performer(q, is_query=True)
         if not need_weights:
             return attend_summary(q_features, *(summary or self.performer.summary(keys, values, real))), None
+        weights = feature_weights(q_features, self.performer.keys(keys, real), real)
         with torch.autocast(q.device.type, enabled=False):
-            scores = (q_features @ self.performer.keys(keys, real).transpose(-1, -2)).masked_fill(~real, 0.0)
-            weights = scores / scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
             out = weights @ values.float()
         if self.slots is not None:
             weights = weights[..., self.slots.count:]

@@ -23,7 +23,7 @@ the O(T S) score matrix. Why these choices:
                  N(0, I), so the estimate stays unbiased, but the draws cover the sphere more
                  evenly and the variance falls (Yu et al. 2016)
     causal       a decoder's query i may see keys j <= i only: the two sums become prefix
-                 sums (cumsum over positions), which is exactly the same arithmetic as...
+                 sums (cumsum over positions; in training, chunk by chunk), the same sums as...
     recurrent    ...carrying (kv, k_sum) as the state of step-by-step decoding and adding
                  phi(k_t) v_t^T and phi(k_t) at each step: O(m dv) per token whatever the
                  history's length, and an ordinary batch-first state for beam search
@@ -115,17 +115,44 @@ def linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor, key_mask
     return attend_summary(q_features, *summarise_keys(k_features, v, key_mask))
 
 
-def causal_linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor) -> Tensor:
-    """Attention [B,h,T,dv] where query i sees keys j <= i (T == S), by prefix sums.
+def causal_linear_attention(q_features: Tensor, k_features: Tensor, v: Tensor, chunk: int = 64) -> Tensor:
+    """Attention [B,h,T,dv] where query i sees keys j <= i (T == S): the prefix sums of
+    ``recurrent_step``, taken a chunk of ``chunk`` positions at a time.
 
-    The prefix sum of phi(k_j) v_j^T is held for every position, [B,h,T,m,dv]: simple and
-    exactly ``recurrent_step``'s arithmetic, at the cost of T times a state's memory.
+    Within a chunk, the weights phi(q_i) . phi(k_j) (j <= i) are formed as a small masked
+    [chunk, chunk] matrix; what the chunks before contribute is one running state (kv, k_sum)
+    per chunk, an exclusive prefix sum over chunks. The sums are the recurrence's, associated
+    differently; the cost is linear in T, and only T / chunk states are held, not one per
+    position (which would be T times a state's memory, and T tiny products).
     """
     with torch.autocast(v.device.type, enabled=False):
         q_features, k_features, v = q_features.float(), k_features.float(), v.float()
-        kv = (k_features.unsqueeze(-1) * v.unsqueeze(-2)).cumsum(dim=-3)
-        numerator = (q_features.unsqueeze(-2) @ kv).squeeze(-2)
-        return _divide(numerator, (q_features * k_features.cumsum(dim=-2)).sum(dim=-1))
+        batch, heads, length, _ = q_features.shape
+        chunks = -(-length // chunk)
+        pad = chunks * chunk - length  # zero features: padded keys add nothing, padded queries are cut
+
+        def blocks(x: Tensor) -> Tensor:
+            return torch.nn.functional.pad(x, (0, 0, 0, pad)).view(batch, heads, chunks, chunk, x.size(-1))
+
+        q_c, k_c, v_c = blocks(q_features), blocks(k_features), blocks(v)
+        kv = k_c.transpose(-1, -2) @ v_c  # [B,h,n,m,dv]: each chunk's own sums
+        k_sum = k_c.sum(dim=-2)  # [B,h,n,m]
+        kv_before = torch.nn.functional.pad(kv.cumsum(dim=2)[:, :, :-1], (0, 0, 0, 0, 1, 0))
+        k_sum_before = torch.nn.functional.pad(k_sum.cumsum(dim=2)[:, :, :-1], (0, 0, 1, 0))
+        causal = torch.ones(chunk, chunk, dtype=torch.bool, device=v.device).tril()
+        weights = (q_c @ k_c.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B,h,n,C,C]
+        numerator = weights @ v_c + q_c @ kv_before
+        denominator = weights.sum(dim=-1) + (q_c @ k_sum_before.unsqueeze(-1)).squeeze(-1)
+        out = _divide(numerator, denominator)
+        return out.view(batch, heads, chunks * chunk, -1)[:, :, :length]
+
+
+def feature_weights(q_features: Tensor, k_features: Tensor, allowed: Tensor) -> Tensor:
+    """The weights [B,h,T,S] that attention by the features stands for (to be shown, never
+    formed to compute it): phi(q_i) . phi(k_j) over the allowed keys, normalised, float32."""
+    with torch.autocast(q_features.device.type, enabled=False):
+        scores = (q_features.float() @ k_features.float().transpose(-1, -2)).masked_fill(~allowed, 0.0)
+        return scores / scores.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def recurrent_step(q_features: Tensor, k_features: Tensor, v: Tensor, state: State | None) -> tuple[Tensor, State]:

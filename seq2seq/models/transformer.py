@@ -18,7 +18,9 @@ Self-attention, per model.attention (the Transformer half of README's attention 
     scaled_dot  every key (the decoder's: every earlier one)
     local       a sliding window |i - j| <= window, causal in the decoder
     sparse      the window plus global tokens, and random blocks in the encoder
-                (attention_patterns.py: Longformer, BigBird)
+                (attention_patterns.py: Longformer, BigBird); in the encoder, past a
+                few windows' length, both are computed block by block (blocked.py), so
+                their cost grows linearly with the length
     performer   FAVOR+ kernel attention (performer.py), in cross-attention too; the decoder
                 keeps a recurrent state instead of a key/value cache
     linformer   the encoder's keys and values projected along the sequence to model.rank
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 from seq2seq.config import ModelConfig
 from seq2seq.kernels import Dropout, Linear, ReLUDropout
 from seq2seq.models.attention_patterns import encoder_sparse_mask, sparse_pattern
+from seq2seq.models.blocked import BlockPattern, block_pattern, blocked_pays
 from seq2seq.models.multihead import (CrossAttention, FeatureState, KVCache, SelfAttention, additive_mask,
                                       encoder_self_mask, moved_rows, padding_mask)
 from seq2seq.models.state import SharedRows, reorder_state
@@ -146,7 +149,7 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(cfg)
         self.feed_forward_residual = Residual(cfg.hidden_dim, cfg.dropout, pre_norm)
 
-    def forward(self, x: Tensor, mask: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | BlockPattern, key_mask: Tensor | None = None) -> Tensor:
         out, _ = self.self_attention(self.self_attention_residual.sublayer_input(x), mask, key_mask=key_mask)
         x = self.self_attention_residual.add(x, out)
         out = self.feed_forward(self.feed_forward_residual.sublayer_input(x))
@@ -213,14 +216,23 @@ class TransformerEncoder(nn.Module):
     def forward(self, src: Tensor, src_mask: Tensor) -> Tensor:
         """src [B,S] -> memory [B,S,d]."""
         x = self.embed(src)
-        cfg = self.cfg
-        if cfg.attention == "sparse":
-            mask = encoder_sparse_mask(src_mask, cfg.window, cfg.global_tokens, cfg.random_blocks)
-        else:
-            mask = encoder_self_mask(src_mask, cfg.window if cfg.attention == "local" else None)
+        mask = self.attention_pattern(src_mask)
         for layer in self.layers:
             x = layer(x, mask, src_mask)
         return self.final_norm(x)
+
+    def attention_pattern(self, src_mask: Tensor, blocked: bool = True) -> Tensor | BlockPattern:
+        """What the self-attention of a batch with real tokens ``src_mask`` [B,S] may attend to:
+        a mask, or where it pays (and ``blocked``), the BlockPattern of its blocked form."""
+        cfg = self.cfg
+        sparse = cfg.attention == "sparse"
+        extras = (cfg.global_tokens, cfg.random_blocks) if sparse else (0, 0)
+        if (blocked and cfg.attention in ("local", "sparse") and blocked_pays(src_mask.size(1), cfg.window, *extras)
+                and not cfg.gaussian_bias and not cfg.memory_slots):  # those two need the dense scores
+            return block_pattern(src_mask, cfg.window, *extras)
+        if sparse:
+            return encoder_sparse_mask(src_mask, cfg.window, cfg.global_tokens, cfg.random_blocks)
+        return encoder_self_mask(src_mask, cfg.window if cfg.attention == "local" else None)
 
 
 class TransformerDecoder(nn.Module):
