@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.experiment import Point, Sweep, check_test_sets, finish_sweep, run_point
+from seq2seq.experiment import Point, Sweep, can_resume, check_test_sets, finish_sweep, run_point
 
 INSTALL = "pip install 'attn[ray]' (make install does)"
 
@@ -37,6 +37,7 @@ def run_sweep_on_ray(sweep: Sweep, log: Callable[[str], None], address: str | No
             todo.append((header, point))
     failed = []
     if todo:
+        prepare_shared_data([point for _, point in todo], log)
         cpus, gpus = sweep.resources["cpus"], sweep.resources["gpus"]
         start_ray(ray, address)
         try:
@@ -57,6 +58,25 @@ def run_sweep_on_ray(sweep: Sweep, log: Callable[[str], None], address: str | No
         finally:
             ray.shutdown()
     return finish_sweep(sweep, failed)
+
+
+def prepare_shared_data(points: list[Point], log: Callable[[str], None]) -> None:
+    """Tokenize each data folder the points share once, here, before they run side by side:
+    tasks of a shared folder would otherwise all build it at once. A point that resumes keeps
+    the data it was trained on, so its folder is left to its task; so is a folder that fails
+    (its points meet the error in their tasks, and fail alone)."""
+    from seq2seq.data.prepare import prepare_data
+
+    done = set()
+    for point in points:
+        folder = point.config.data.prepared_dir
+        if folder in done or can_resume(point):
+            continue
+        done.add(folder)
+        try:
+            prepare_data(point.config, log=log)
+        except UserError:
+            pass
 
 
 def start_ray(ray, address: str | None) -> None:

@@ -67,3 +67,15 @@ def test_points_run_as_ray_tasks_and_a_failing_one_fails_alone(tmp_path, tiny_co
     with pytest.raises(UserError, match="1 of 2 points failed"):
         run_sweep_on_ray(load_sweep(sweep.path), log=messages.append)
     assert any("attention-dot: finished earlier, skipped" in m for m in messages)
+
+
+def test_a_shared_data_folder_is_tokenized_once_before_the_tasks_start(tmp_path, tiny_corpus, monkeypatch):
+    import seq2seq.data.prepare as prepare
+    from seq2seq.ray_launcher import prepare_shared_data
+
+    built = []
+    monkeypatch.setattr(prepare, "prepare_data", lambda cfg, log: built.append(cfg.data.prepared_dir))
+    sweep = load_sweep(sweep_file(tmp_path, tiny_corpus, "points:\n  - {model.attention: dot}\n"
+                                                        "  - {model.attention: general}\n"))
+    prepare_shared_data(sweep.points, log=lambda m: None)
+    assert built == [sweep.points[0].config.data.prepared_dir]  # two points, one shared folder, built once
