@@ -30,7 +30,7 @@ import io
 import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,17 +170,24 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None]) -> Path:
     """Run every unfinished point, then write the leaderboard; returns its markdown path."""
     check_test_sets(sweep)
     failed = []
-    for number, point in enumerate(sweep.points, start=1):
-        header = f"[{number}/{len(sweep.points)}] {point.name}"
-        if point.finished:
-            log(f"{header}: finished earlier, skipped")
-            continue
+    for header, point in unfinished_points(sweep, log):
         try:
             run_point(point, header, log)
         except UserError as exc:  # the other points still run, and the leaderboard shows what finished
             log(f"{header}: error: {exc}")
             failed.append(point.name)
     return finish_sweep(sweep, failed)
+
+
+def unfinished_points(sweep: Sweep, log: Callable[[str], None]) -> Iterator[tuple[str, Point]]:
+    """The points to run, each with its progress header ("[3/8] name"); a finished one is
+    logged as skipped, in its turn."""
+    for number, point in enumerate(sweep.points, start=1):
+        header = f"[{number}/{len(sweep.points)}] {point.name}"
+        if point.finished:
+            log(f"{header}: finished earlier, skipped")
+        else:
+            yield header, point
 
 
 def check_test_sets(sweep: Sweep) -> None:

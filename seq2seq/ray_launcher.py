@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from seq2seq.errors import UserError
-from seq2seq.experiment import Point, Sweep, can_resume, check_test_sets, finish_sweep, run_point
+from seq2seq.experiment import (Point, Sweep, can_resume, check_test_sets, finish_sweep, run_point,
+                                 unfinished_points)
 
 INSTALL = "pip install 'attn[ray]' (make install does)"
 
@@ -28,13 +29,7 @@ def run_sweep_on_ray(sweep: Sweep, log: Callable[[str], None], address: str | No
     except ImportError:
         raise UserError(f"--launcher ray: Ray is not installed; {INSTALL}") from None
     check_test_sets(sweep)
-    todo = []
-    for number, point in enumerate(sweep.points, start=1):
-        header = f"[{number}/{len(sweep.points)}] {point.name}"
-        if point.finished:
-            log(f"{header}: finished earlier, skipped")
-        else:
-            todo.append((header, point))
+    todo = list(unfinished_points(sweep, log))
     failed = []
     if todo:
         prepare_shared_data([point for _, point in todo], log)
