@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-length bench-taxonomy bench-taxonomy-transformer bench-coverage gpu-check clean
+.PHONY: install demo test test-fast test-portable bench bench-quality bench-scale bench-length bench-taxonomy bench-taxonomy-transformer bench-coverage bench-parity gpu-check clean
 
 install: $(STAMP)
 
@@ -66,6 +66,12 @@ bench-taxonomy-transformer: install
 # Attention paid twice with and without coverage, from bench-taxonomy's runs (a few minutes).
 bench-coverage: install
 	$(PY) -m bench.coverage_pair
+
+# attn against fairseq 0.12.2 at equal updates (2,000 of config T, two attn seeds): valid curves,
+# test BLEU, bench/out/parity.{json,png}; about 4 hours on 2 cores, resumable. Needs the peers'
+# fairseq (../shared/bench/peers/setup_envs.sh). Options: make bench-parity PARITY="--updates 1000".
+bench-parity: install
+	$(PY) -m bench.parity $(PARITY)
 
 # Every GPU code path once on the bundled sample corpus, then one table (under 9 minutes on
 # one H100; without a GPU it says so and exits 0). Details: bench/gpu_check.py.

@@ -289,7 +289,7 @@ WorkersOpt = Annotated[int, typer.Option(
 
 EngineOpt = Annotated[Engine, typer.Option(
     help="torch: attn's own search. ctranslate2: the same Transformer searched by CTranslate2 on the CPU, "
-    "1.5-1.8x attn's own speed (pip install 'attn[ctranslate2]'; greedy or beam, fp32; beam normalises by length ** alpha).")]
+    "1.5-1.8x attn's own speed (pip install 'attn\\[ctranslate2]'; greedy or beam, fp32; beam normalises by length ** alpha).")]
 
 CheckpointOpt = Annotated[
     list[Path],
@@ -592,7 +592,7 @@ def experiment(
                                                              "finished from their output folders (repeat the option "
                                                              "for each) and write the whole sweep's leaderboard.")] = None,
     launcher: Annotated[Launcher, typer.Option(help="local: one point after another; ray: points as Ray tasks, "
-                                                    "each with the sweep's resources (pip install 'attn[ray]').")] = Launcher.local,
+                                                    "each with the sweep's resources (pip install 'attn\\[ray]').")] = Launcher.local,
     address: Annotated[Optional[str], typer.Option(help="--launcher ray: the cluster to join (default: start a "
                                                         "local Ray instance).")] = None,
 ) -> None:

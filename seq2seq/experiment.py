@@ -39,7 +39,7 @@ import yaml
 
 from seq2seq import checkpoint as ckpt
 from seq2seq import run_folder
-from seq2seq.config import Config, dump_config, load_config, read_yaml
+from seq2seq.config import Config, load_config, read_yaml
 from seq2seq.errors import UserError
 
 if TYPE_CHECKING:
@@ -64,11 +64,25 @@ class Point:
     def finished(self) -> bool:
         """Evaluated, and trained with the config it has now: a point whose overrides or base
         config changed since runs again (resuming where its checkpoints allow)."""
+        return (self.output_dir / REPORT).is_file() and self.trained_in(self.output_dir)
+
+    def trained_in(self, folder: Path) -> bool:
+        """Whether the run folder's saved config is this point's, ``train.threads`` aside (a Ray
+        task lowers it to the CPUs it was given; it changes neither the model nor its data)."""
         from seq2seq.run_folder import CONFIG_FILE
 
-        saved = self.output_dir / CONFIG_FILE
-        return ((self.output_dir / REPORT).is_file() and saved.is_file()
-                and saved.read_text(encoding="utf-8") == dump_config(self.config))
+        saved = folder / CONFIG_FILE
+        try:
+            before = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):  # missing or damaged: not this point's run
+            return False
+        return without_threads(before) == without_threads(self.config.to_dict())
+
+
+def without_threads(config: Any) -> Any:
+    if not isinstance(config, dict) or not isinstance(config.get("train"), dict):
+        return config
+    return {**config, "train": {key: value for key, value in config["train"].items() if key != "threads"}}
 
 
 @dataclass

@@ -4,13 +4,14 @@ Ray (https://docs.ray.io) schedules; attn only says what a point needs: the swee
 ``resources: {cpus: C, gpus: G}`` (default one CPU), so a cluster runs as many points at once
 as it has room for. Without ``--address`` Ray starts a local instance on this machine's cores.
 Each task runs the same ``experiment.run_point`` as a local sweep, in the driver's working
-folder (relative output folders mean the same place) with C torch threads; a point that fails
-fails alone, finished points are skipped, and the leaderboard is the local one's. Every node
-needs attn installed and the sweep's data at the same paths.
+folder (relative output folders mean the same place) with at most C torch threads; a point that
+fails fails alone, finished points are skipped, and the leaderboard is written as a local run
+writes it. Every node needs attn installed and the sweep's data at the same paths.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -86,14 +87,21 @@ def start_ray(ray, address: str | None) -> None:
                         "`ray start --head`, or leave --address out for a local instance") from None
 
 
-def run_point_task(point: Point, header: str, cwd: str, threads: int) -> dict:
-    """One point in a Ray worker: where the driver ran, with the CPUs Ray gave the task."""
-    import torch
-
+def run_point_task(point: Point, header: str, cwd: str, cpus: int) -> dict:
+    """One point in a Ray worker: where the driver ran, with no more torch threads than the CPUs
+    Ray gave the task. More would oversubscribe the cores that tasks beside it were given, and
+    spinning OpenMP threads that wait on each other make every point several times slower."""
     os.chdir(cwd)
-    if point.config.train.threads is None:
-        torch.set_num_threads(threads)
-    return run_point(point, header, log=lambda message: print(message, flush=True))
+    threads = task_threads(point.config.train.threads, cpus)
+    point = dataclasses.replace(point, config=dataclasses.replace(
+        point.config, train=dataclasses.replace(point.config.train, threads=threads)))
+    return run_point(point, f"{header} ({threads} thread{'s' * (threads > 1)})",
+                     log=lambda message: print(message, flush=True))
+
+
+def task_threads(configured: int | None, cpus: int) -> int:
+    """A task's torch threads: the config's ``train.threads``, at most the task's CPUs."""
+    return min(configured or cpus, cpus)
 
 
 def describe(error: BaseException) -> str:

@@ -15,7 +15,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from seq2seq.config import dump_config
 from seq2seq.errors import UserError
 from seq2seq.experiment import REPORT, Sweep, write_leaderboard
 
@@ -48,7 +47,7 @@ def merge_shards(sweep: Sweep, folders: list[Path], log: Callable[[str], None]) 
             raise UserError(f"--merge {folder}: not a folder; give the output folders of the sweep's shards")
         for run in sorted(path.parent for path in folder.glob(f"*/{CONFIG_FILE}")):
             point = points.get(run.name)
-            if point is None or (run / CONFIG_FILE).read_text(encoding="utf-8") != dump_config(point.config):
+            if point is None or not point.trained_in(run):
                 raise UserError(f"--merge {run}: not a point of {sweep.path} as it is now (another sweep file, or "
                                 "a changed one); merge the shards of one sweep, or run the point again")
             if not (run / REPORT).is_file():

@@ -3,6 +3,7 @@ point leaves (a re-run must resume it, not skip it with a half-trained score).""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,14 @@ def test_a_point_is_finished_only_with_the_config_it_has_now(tmp_path, tiny_corp
     assert point.finished
     (changed,) = load_sweep(write_sweep(tmp_path, tiny_corpus, max_steps=4)).points
     assert changed.output_dir == point.output_dir and not changed.finished
+
+
+def test_a_point_trained_with_other_threads_is_still_finished(tmp_path, tiny_corpus):
+    """A Ray task lowers train.threads to its CPUs: a local re-run must not train the point again."""
+    (point,) = load_sweep(write_sweep(tmp_path, tiny_corpus, max_steps=3)).points
+    pretend_finished(dataclasses.replace(point, config=dataclasses.replace(
+        point.config, train=dataclasses.replace(point.config.train, threads=7))))
+    assert point.finished
 
 
 def test_an_interrupted_point_is_not_scored(tmp_path, tiny_corpus, monkeypatch):

@@ -79,3 +79,17 @@ def test_a_shared_data_folder_is_tokenized_once_before_the_tasks_start(tmp_path,
                                                         "  - {model.attention: general}\n"))
     prepare_shared_data(sweep.points, log=lambda m: None)
     assert built == [sweep.points[0].config.data.prepared_dir]  # two points, one shared folder, built once
+
+
+@pytest.mark.parametrize("configured, cpus, threads", [("2", 1, 1), ("null", 2, 2), ("1", 4, 1)])
+def test_a_task_runs_no_more_threads_than_the_cpus_ray_gave_it(tmp_path, tiny_corpus, monkeypatch, configured,
+                                                              cpus, threads):
+    """Two points of one CPU each, both at the demo's 2 threads, would oversubscribe 2 cores."""
+    import seq2seq.ray_launcher as launcher
+
+    ran = []
+    monkeypatch.chdir(tmp_path)  # the task moves to the driver's folder
+    monkeypatch.setattr(launcher, "run_point", lambda point, header, log: ran.append(point.config.train.threads))
+    (point,) = load_sweep(sweep_file(tmp_path, tiny_corpus, f"points:\n  - {{train.threads: {configured}}}\n")).points
+    launcher.run_point_task(point, "point", str(tmp_path), cpus)
+    assert ran == [threads]

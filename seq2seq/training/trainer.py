@@ -309,6 +309,8 @@ class Trainer:
 
             if log_now:
                 record = window.record(step, self.state.epoch, self.skipped)
+                # Learning curves against time (bench/parity.py) read it: validation included, over resumes.
+                record["wall_seconds"] = round(self.state.wall_seconds, 3)
                 self.state.train_seconds += window.seconds
                 self.records.write(record)
                 progress.line(record)

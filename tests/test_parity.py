@@ -1,0 +1,58 @@
+"""``make bench-parity``'s bookkeeping, on made-up logs and the tiny corpus: nothing here trains
+fairseq or runs the benchmark."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import parity_fairseq
+from bench.parity import attn_curve, bleu_at
+from tests.test_bench import fairseq_log
+
+
+def test_attn_minutes_leave_out_the_validations_before_each_update():
+    records = [
+        {"step": 250, "tokens_per_s": 1000.0, "wall_seconds": 120.0},
+        {"step": 250, "valid_loss": 5.0, "valid_bleu": 1.0, "valid_chrf": 10.0, "valid_seconds": 30.0},
+        {"step": 500, "tokens_per_s": 1200.0, "wall_seconds": 270.0},
+        {"step": 500, "valid_loss": 4.0, "valid_bleu": 3.0, "valid_chrf": 20.0, "valid_seconds": 40.0},
+    ]
+    curve = attn_curve(records)
+    assert curve["updates"] == [250, 500]
+    assert curve["train_minutes"] == pytest.approx([2.0, 4.0])  # 270 s less the 30 s validation at 250
+    assert curve["valid_nll"] == [5.0, 4.0] and curve["valid_bleu"] == [1.0, 3.0]
+
+
+def test_fairseq_walls_are_read_per_update():
+    walls, speeds, sizes = parity_fairseq.logged_walls_from(fairseq_log({10: 100.0, 20: 300.0}))
+    assert walls == {10: 21.0, 20: 21.0} and speeds == [100.0, 300.0] and sizes == [3381.6, 3381.6]
+
+
+def test_bleu_at_equal_wall_clock_interpolates_from_the_origin():
+    curve = {"train_minutes": [2.0, 4.0], "valid_bleu": [2.0, 6.0]}
+    assert bleu_at(curve, 1.0) == pytest.approx(1.0)
+    assert bleu_at(curve, 3.0) == pytest.approx(4.0)
+    assert bleu_at(curve, 9.0) == pytest.approx(6.0)  # past the end: the last figure, never more
+
+
+def test_fairseq_reads_attns_pieces_and_dictionary_in_attns_order(tmp_path, tiny_corpus):
+    import sentencepiece as spm
+
+    from seq2seq.data.prepare import load_prepared
+
+    parity_fairseq.write_pieces(tiny_corpus.prepared_dir, tmp_path)
+    data = load_prepared(tiny_corpus.prepared_dir)
+    tok = data.tokenizer
+    ids = spm.SentencePieceProcessor(model_file=str(tiny_corpus.prepared_dir / "spm.model")).piece_to_id
+    entries = [line.split(" ") for line in (tmp_path / "dict.txt").read_text(encoding="utf-8").splitlines()]
+    # fairseq numbers its own 4 specials first, then the dictionary: attn's id i is fairseq's i.
+    assert [ids(piece) for piece, _ in entries] == list(range(4, tok.tgt_vocab_size))
+    for split in ("train", "valid"):
+        pairs = data.dataset(split)
+        lines = (tmp_path / f"{split}.sp.en").read_text(encoding="utf-8").splitlines()
+        assert len(lines) == len(pairs)
+        for i in (0, len(pairs) - 1):
+            assert [ids(piece) for piece in lines[i].split()] == pairs.pair(i)[1].tolist()
+    counted = sum(int(count) for _, count in entries)
+    train = data.dataset("train")
+    assert counted == int(train.src_lengths.sum() + train.tgt_lengths.sum())
