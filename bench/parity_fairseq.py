@@ -51,12 +51,15 @@ def config_args(config: str) -> list[str]:
 def export_pieces(prepared: Path, dest: Path) -> Path:
     """attn's prepared corpus as fairseq's binarised data (``dest/bin``), built once."""
     binarised = dest / "bin"
-    if not (binarised / "dict.en.txt").is_file():
+    stamp, built_from = (prepared / "stamp.json").read_text(), dest / "built_from.json"
+    if not (binarised / "dict.en.txt").is_file() or not built_from.is_file() or built_from.read_text() != stamp:
+        shutil.rmtree(binarised, ignore_errors=True)  # attn's data changed since: build afresh
         write_pieces(prepared, dest)
         subprocess.run([str(BIN / "fairseq-preprocess"), "--source-lang", "es", "--target-lang", "en",
                         *[arg for split in SPLITS for arg in (f"--{split}pref", str(dest / f"{split}.sp"))],
                         "--destdir", str(binarised), "--srcdict", str(dest / "dict.txt"), "--joined-dictionary",
                         "--workers", "2"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        built_from.write_text(stamp)
     return binarised
 
 
