@@ -15,7 +15,7 @@ validate during the run; its checkpoints are scored afterwards, off the clock).
 Output: a table on stdout, ``bench/out/parity.json`` and ``bench/out/parity.png`` (valid BLEU
 against updates and against minutes, and valid NLL against updates). Each arm's figures are kept
 in ``bench/out/parity/<arm>/curve.json``: a re-run on the same processor with the same settings
-reuses them (``--again`` trains afresh), so a sitting cut short goes on where it stopped. About
+reuses them (``--again`` trains afresh), so a sitting cut short keeps its finished arms. About
 4 hours on 2 cores of an AVX2-only Zen 3 at the defaults; run nothing else meanwhile.
 """
 
