@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -79,9 +80,10 @@ def main() -> None:
     for arm, toolkit, seed in arms:
         folder = PARITY / arm
         kept = folder / "curve.json"
-        if toolkit not in args.again and kept.is_file() and json.loads(kept.read_text())["settings"] == settings:
+        earlier = json.loads(kept.read_text()) if kept.is_file() else None
+        if toolkit not in args.again and earlier is not None and earlier["settings"] == settings:
             log(f"{arm}: kept from an earlier sitting on this processor ({kept})")
-            curves[arm] = json.loads(kept.read_text())
+            curves[arm] = earlier
             continue
         started = time.time()
         run = run_attn if toolkit == "attn" else run_fairseq
@@ -128,7 +130,8 @@ def run_attn(config: Path, prepared: Path, folder: Path, seed: int, args: argpar
     curve["tokens_per_update"] = attn_tokens_per_update(config, prepared, seed, args)
     last = run_folder.resolve_checkpoint(run, "last")
     log(f"attn seed {seed}: test set, beam 5")
-    test = decode_speed(last, 5, Path(f"{config_data(config, 'test')}.es"), Path(f"{config_data(config, 'test')}.en"))
+    test_set = config_data(config, "test")
+    test = decode_speed(last, 5, Path(f"{test_set}.es"), Path(f"{test_set}.en"))
     curve["test_beam5"] = {"bleu": test["bleu"], "chrf": test["chrf"]}
     return curve
 
@@ -204,8 +207,8 @@ def config_data(config: Path, split: str) -> Path:
 
 
 def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else float("nan")
+    """The upper median (as the arms' figures were first computed), NaN when nothing was logged."""
+    return statistics.median_high(values) if values else float("nan")
 
 
 def report(curves: dict[str, dict], settings: dict) -> None:

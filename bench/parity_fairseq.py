@@ -30,7 +30,6 @@ from bench.peers import PEERS_BENCH
 PEERS_DIR = Path(os.environ.get("PEERS", Path.home() / ".cache" / "attn-peers"))
 BIN = PEERS_DIR / "venv-fairseq" / "bin"
 SPECIALS = 4  # attn's ids 0-3 (pad, unk, bos, eos): fairseq adds its own four
-LANGS = ("es", "en")
 SPLITS = ("train", "valid", "test")
 
 
