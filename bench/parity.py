@@ -15,8 +15,11 @@ validate during the run; its checkpoints are scored afterwards, off the clock).
 Output: a table on stdout, ``bench/out/parity.json`` and ``bench/out/parity.png`` (valid BLEU
 against updates and against minutes, and valid NLL against updates). Each arm's figures are kept
 in ``bench/out/parity/<arm>/curve.json``: a re-run on the same processor with the same settings
-reuses them (``--again`` trains afresh), so a sitting cut short keeps its finished arms. About
-4 hours on 2 cores of an AVX2-only Zen 3 at the defaults; run nothing else meanwhile.
+reuses them (``--again`` trains afresh), so a sitting cut short keeps its finished arms. A kept
+arm with fewer updates but otherwise the same settings is continued from its last checkpoint
+(both toolkits resume the same run: data position, optimiser, schedule) when the config's
+learning-rate schedule does not depend on the total number of updates; its scored points are
+kept. About 4 hours on 2 cores of an AVX2-only Zen 3 at the defaults; run nothing else meanwhile.
 """
 
 from __future__ import annotations
@@ -81,18 +84,37 @@ def main() -> None:
         folder = PARITY / arm
         kept = folder / "curve.json"
         earlier = json.loads(kept.read_text()) if kept.is_file() else None
-        if toolkit not in args.again and earlier is not None and earlier["settings"] == settings:
+        if toolkit in args.again or earlier is None:
+            earlier = None
+        elif earlier["settings"] == settings:
             log(f"{arm}: kept from an earlier sitting on this processor ({kept})")
             curves[arm] = earlier
             continue
+        elif continues(earlier, settings, config):
+            log(f"{arm}: continuing the earlier sitting's {earlier['updates'][-1]} updates to {args.updates}")
+        else:
+            earlier = None
         started = time.time()
         run = run_attn if toolkit == "attn" else run_fairseq
-        curve = {"settings": settings, "seed": seed, **run(config, prepared, folder, seed, args)}
-        curve["arm_minutes"] = (time.time() - started) / 60
+        curve = {"settings": settings, "seed": seed, **run(config, prepared, folder, seed, args, earlier)}
+        curve["arm_minutes"] = (time.time() - started) / 60 + (earlier["arm_minutes"] if earlier else 0.0)
+        if earlier:
+            curve["continued_from"] = earlier.get("continued_from", []) + [earlier["updates"][-1]]
         folder.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps(curve, indent=1))
         curves[arm] = curve
     report(curves, settings)
+
+
+def continues(earlier: dict, settings: dict, config: Path) -> bool:
+    """Whether a kept arm can be continued to ``settings``: the same settings but fewer updates, and
+    a schedule that does not depend on the total (so continuing equals training to it from the start;
+    the peers' matched fairseq schedules are the same kind: inverse_sqrt for T, fixed for R)."""
+    from seq2seq.config import load_config
+
+    same = {**earlier["settings"], "updates": settings["updates"]} == settings
+    schedule = load_config(config, DATA_OVERRIDES).train.schedule
+    return same and earlier["updates"][-1] < settings["updates"] and schedule in ("inverse_sqrt", "noam", "constant")
 
 
 def log(message: str) -> None:
@@ -112,17 +134,19 @@ def set_options(overrides: list[str]) -> list[str]:
     return [word for override in overrides for word in ("--set", override)]
 
 
-def run_attn(config: Path, prepared: Path, folder: Path, seed: int, args: argparse.Namespace) -> dict:
-    """Train with attn's own validation every ``every`` updates; then beam 5 on the test set."""
+def run_attn(config: Path, prepared: Path, folder: Path, seed: int, args: argparse.Namespace,
+             earlier: dict | None) -> dict:
+    """Train (or, after ``earlier``, go on) with attn's own validation every ``every`` updates; then
+    beam 5 on the test set."""
     from seq2seq import run_folder
 
     run = folder / "run"
     overrides = {"output_dir": run, "train.max_steps": args.updates, "train.valid_every": args.every,
                  "train.log_every": 50 if args.every % 50 == 0 else args.every,  # a wall clock at every validation
                  "train.save_every": args.updates, "train.seed": seed, "train.threads": args.threads}
-    command = [sys.executable, "-m", "cli.main", "train", str(config), "--overwrite",
+    command = [sys.executable, "-m", "cli.main", "train", str(config), "--resume" if earlier else "--overwrite",
                *set_options(DATA_OVERRIDES + [f"{key}={value}" for key, value in overrides.items()] + args.attn_set)]
-    log(f"attn seed {seed}: training {args.updates} updates -> {run}")
+    log(f"attn seed {seed}: training to {args.updates} updates -> {run}")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     subprocess.run(command, cwd=ROOT, check=True, env=env)
 
@@ -171,18 +195,26 @@ def attn_curve(records: list[dict]) -> dict:
     return curve
 
 
-def run_fairseq(config: Path, prepared: Path, folder: Path, seed: int, args: argparse.Namespace) -> dict:
-    """Train fairseq on attn's pieces; score every kept checkpoint; then beam 5 on the test set."""
+def run_fairseq(config: Path, prepared: Path, folder: Path, seed: int, args: argparse.Namespace,
+                earlier: dict | None) -> dict:
+    """Train fairseq on attn's pieces (or, after ``earlier``, go on); score every kept checkpoint not
+    scored before; then beam 5 on the test set."""
     from seq2seq.evaluation.metrics import score_corpus
 
     binarised = fairseq.export_pieces(prepared, PARITY / "fairseq-data")
-    log_path = fairseq.train(binarised, folder, args.config, args.updates, args.every, seed, args.threads, log)
-    walls, speeds, sizes = fairseq.logged_walls(log_path)
+    start = earlier["updates"][-1] if earlier else 0
+    fairseq.train(binarised, folder, args.config, start, args.updates, args.every, seed, args.threads, log)
+    walls, speeds, sizes = fairseq.logged_walls(folder)
     kept = fairseq.checkpoints(folder)
     valid_refs = Path(f"{config_data(config, 'valid')}.en").read_text(encoding="utf-8").splitlines()
     test_refs = Path(f"{config_data(config, 'test')}.en").read_text(encoding="utf-8").splitlines()
     curve = {"updates": [], "train_minutes": [], "valid_nll": [], "valid_bleu": [], "valid_chrf": []}
     for update, checkpoint in kept.items():
+        if earlier and update in earlier["updates"]:  # scored in the earlier sitting
+            i = earlier["updates"].index(update)
+            for key in ("updates", "train_minutes", "valid_nll", "valid_bleu", "valid_chrf"):
+                curve[key].append(earlier[key][i])
+            continue
         log(f"fairseq seed {seed}: scoring update {update} on the valid set")
         hypotheses = fairseq.translate(binarised, checkpoint, "valid", len(valid_refs), 1, prepared, args.threads)
         scores = score_corpus(hypotheses, [valid_refs])

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from bench.peers import PEERS_BENCH
@@ -87,10 +88,14 @@ def write_pieces(prepared: Path, dest: Path) -> None:
     (dest / "dict.txt").write_text("".join(f"{piece} {counts[piece]}\n" for piece in pieces), encoding="utf-8")
 
 
-def train(binarised: Path, run: Path, config: str, updates: int, every: int, seed: int, threads: int,
-          log: Callable[[str], None]) -> Path:
-    """Train for ``updates`` updates, a checkpoint every ``every``, no validation; the log's path."""
-    shutil.rmtree(run / "model", ignore_errors=True)  # else fairseq resumes from its checkpoint_last.pt
+def train(binarised: Path, run: Path, config: str, start: int, updates: int, every: int, seed: int, threads: int,
+          log: Callable[[str], None]) -> None:
+    """Train from update ``start`` (0, or a checkpoint_last.pt there) to ``updates``, a checkpoint
+    every ``every``, no validation; the log of each stretch is ``train_log(run, start)``."""
+    if start == 0:  # else fairseq resumes from its checkpoint_last.pt
+        shutil.rmtree(run / "model", ignore_errors=True)
+        for stale in run.glob("train*.log"):
+            stale.unlink()
     run.mkdir(parents=True, exist_ok=True)
     command = [str(BIN / "fairseq-train"), str(binarised), *config_args(config),
                "--task", "translation", "--source-lang", "es", "--target-lang", "en", "--cpu",
@@ -98,11 +103,14 @@ def train(binarised: Path, run: Path, config: str, updates: int, every: int, see
                "--log-interval", "10", "--max-update", str(updates), "--disable-validation",
                "--save-interval", "1000000", "--save-interval-updates", str(every), "--keep-interval-updates", "-1",
                "--no-epoch-checkpoints", "--save-dir", str(run / "model")]
-    log_path = run / "train.log"
-    log(f"fairseq: training {updates} updates -> {log_path}")
+    log_path = train_log(run, start)
+    log(f"fairseq: training from update {start} to {updates} -> {log_path}")
     with open(log_path, "w", encoding="utf-8") as out:
         subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT, env=thread_env(threads))
-    return log_path
+
+
+def train_log(run: Path, start: int) -> Path:
+    return run / ("train.log" if start == 0 else f"train.from{start}.log")
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -112,22 +120,39 @@ def thread_env(threads: int) -> dict[str, str]:
             "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
 
 
-def logged_walls(log_path: Path) -> tuple[dict[int, float], list[float], list[float]]:
-    return logged_walls_from(log_path.read_text(encoding="utf-8"))
+def logged_walls(run: Path) -> tuple[dict[int, float], list[float], list[float]]:
+    """The run's logs, its first stretch and each continuation, in order of their first update."""
+    logs = sorted(run.glob("train*.log"), key=lambda path: int(re.sub(r"\D", "", path.name) or 0))
+    return logged_walls_from([path.read_text(encoding="utf-8") for path in logs])
 
 
-def logged_walls_from(log_text: str) -> tuple[dict[int, float], list[float], list[float]]:
-    """fairseq's log: its wall clock (seconds since the trainer started) at each logged update,
-    and each logged interval's target tokens/s and target tokens per update."""
-    walls, speeds, sizes = {}, [], []
-    for line in log_text.splitlines():
-        if "| train_inner |" not in line:
-            continue
-        fields = dict(re.findall(r"(\w+)=([-\d.e+]+)", line))
-        walls[int(fields["num_updates"])] = float(fields["wall"])
-        speeds.append(float(fields["wps"]))
-        sizes.append(float(fields["wpb"]))
+def logged_walls_from(log_texts: list[str]) -> tuple[dict[int, float], list[float], list[float]]:
+    """fairseq's logs, one per stretch of training: its wall clock at each logged update (seconds of
+    training, a continuation's added to the stretches before it), and each logged interval's target
+    tokens/s and target tokens per update.
+
+    fairseq 0.12.2 loads its wall meter stopped when it resumes (it logs wall=0 from then on), so a
+    resumed stretch is timed by its lines' timestamps from the line saying the checkpoint loaded."""
+    walls: dict[int, float] = {}
+    speeds, sizes = [], []
+    for text in log_texts:
+        before = walls[max(walls)] if walls else 0.0
+        loaded = None  # when a resumed stretch's checkpoint finished loading
+        for line in text.splitlines():
+            if "| Loaded checkpoint " in line:
+                loaded = timestamp(line)
+            if "| train_inner |" not in line:
+                continue
+            fields = dict(re.findall(r"(\w+)=([-\d.e+]+)", line))
+            wall = float(fields["wall"]) if loaded is None else timestamp(line) - loaded
+            walls[int(fields["num_updates"])] = before + wall
+            speeds.append(float(fields["wps"]))
+            sizes.append(float(fields["wpb"]))
     return walls, speeds, sizes
+
+
+def timestamp(line: str) -> float:
+    return datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S").timestamp()
 
 
 def checkpoints(run: Path) -> dict[int, Path]:

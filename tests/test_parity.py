@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bench import parity_fairseq
-from bench.parity import attn_curve, bleu_at
+from bench.parity import attn_curve, bleu_at, continues
+from bench.run import CONFIGS, ROOT
 from tests.test_bench import fairseq_log
 
 
@@ -24,8 +25,33 @@ def test_attn_minutes_leave_out_the_validations_before_each_update():
 
 
 def test_fairseq_walls_are_read_per_update():
-    walls, speeds, sizes = parity_fairseq.logged_walls_from(fairseq_log({10: 100.0, 20: 300.0}))
+    walls, speeds, sizes = parity_fairseq.logged_walls_from([fairseq_log({10: 100.0, 20: 300.0})])
     assert walls == {10: 21.0, 20: 21.0} and speeds == [100.0, 300.0] and sizes == [3381.6, 3381.6]
+
+
+def test_a_continued_fairseq_run_adds_its_clock_to_the_stretches_before(tmp_path):
+    # A resumed fairseq logs wall=0 (its meter loads stopped): its lines' timestamps count from the
+    # checkpoint's loading. The stretches are read in update order, not by name (from100 < from20).
+    stretches = ((0, {10: 100.0, 20: 300.0}, 50, None), (20, {30: 200.0, 100: 400.0}, 0, "00:02:30"),
+                 (100, {110: 500.0}, 0, "00:10:30"))  # fairseq_log's line for update u is at minute u // 10
+    for start, rates, wall, loaded in stretches:
+        log_text = fairseq_log(rates).replace("wall=21", f"wall={wall}")
+        if loaded:
+            log_text = f"2026-12-07 {loaded} | INFO | fairseq.trainer | Loaded checkpoint x.pt\n{log_text}"
+        parity_fairseq.train_log(tmp_path, start).write_text(log_text)
+    walls, speeds, _ = parity_fairseq.logged_walls(tmp_path)
+    assert walls == {10: 50.0, 20: 50.0, 30: 80.0, 100: 500.0, 110: 530.0}
+    assert speeds == [100.0, 300.0, 200.0, 400.0, 500.0]
+
+
+def test_an_arm_is_continued_only_to_more_updates_with_the_same_settings_and_schedule():
+    config = ROOT / CONFIGS["T"]
+    settings = {"config": "T", "updates": 2000, "every": 250, "threads": 2, "processor": "x", "data": "full corpus"}
+    earlier = {"settings": {**settings, "updates": 1000}, "updates": [250, 500, 750, 1000]}
+    assert continues(earlier, settings, config)
+    assert not continues(earlier, {**settings, "updates": 1000}, config)
+    assert not continues(earlier, {**settings, "every": 500}, config)
+    assert not continues({**earlier, "settings": {**settings, "updates": 1000, "processor": "y"}}, settings, config)
 
 
 def test_bleu_at_equal_wall_clock_interpolates_from_the_origin():
