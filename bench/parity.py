@@ -13,7 +13,7 @@ Wall clock. Each toolkit's own clock of its training loop (start-up excluded for
 validate during the run; its checkpoints are scored afterwards, off the clock).
 
 Output: a table on stdout, ``bench/out/parity.json`` and ``bench/out/parity.png`` (valid BLEU
-against updates and against minutes, and valid NLL against updates). Each arm's figures are kept
+against updates, minutes and target tokens trained on, and valid NLL against updates). Each arm's figures are kept
 in ``bench/out/parity/<arm>/curve.json``: a re-run on the same processor with the same settings
 reuses them (``--again`` trains afresh), so a sitting cut short keeps its finished arms. A kept
 arm with fewer updates but otherwise the same settings is continued from its last checkpoint
@@ -263,8 +263,19 @@ def report(curves: dict[str, dict], settings: dict) -> None:
         # (from BLEU 0 at minute 0).
         minutes = min(min(c["train_minutes"][-1] for c in attn), peer["train_minutes"][-1])
         summary["equal_wall_minutes"] = minutes
-        summary["equal_wall_valid_bleu_attn_mean"] = float(np.mean([bleu_at(c, minutes) for c in attn]))
-        summary["equal_wall_valid_bleu_fairseq"] = bleu_at(peer, minutes)
+        summary["equal_wall_valid_bleu_attn_mean"] = float(np.mean([bleu_at(c, minutes, c["train_minutes"])
+                                                                    for c in attn]))
+        summary["equal_wall_valid_bleu_fairseq"] = bleu_at(peer, minutes, peer["train_minutes"])
+        # Equal target tokens: attn's batching packs more tokens into an update than fairseq's, so
+        # "per update" favours it; read its curves where it had seen as many as fairseq in all.
+        tokens = min(min(tokens_seen(c)[-1] for c in attn), tokens_seen(peer)[-1])
+        summary["equal_tokens_millions"] = tokens / 1e6
+        summary["equal_tokens_valid_bleu_attn_mean"] = float(np.mean([bleu_at(c, tokens, tokens_seen(c))
+                                                                      for c in attn]))
+        summary["equal_tokens_valid_bleu_fairseq"] = bleu_at(peer, tokens, tokens_seen(peer))
+        summary["equal_tokens_valid_nll_attn_mean"] = float(np.mean([np.interp(tokens, tokens_seen(c), c["valid_nll"])
+                                                                     for c in attn]))
+        summary["equal_tokens_valid_nll_fairseq"] = float(np.interp(tokens, tokens_seen(peer), peer["valid_nll"]))
     results = {"settings": settings, "arms": curves, "summary": summary}
     OUT.mkdir(parents=True, exist_ok=True)
     PARITY.with_suffix(".json").write_text(json.dumps(results, indent=1))
@@ -280,10 +291,17 @@ def report(curves: dict[str, dict], settings: dict) -> None:
     print(f"wrote {PARITY.with_suffix('.json')} and {PARITY.with_suffix('.png')}")
 
 
-def bleu_at(curve: dict, minutes: float) -> float:
+def bleu_at(curve: dict, x: float, along: list[float]) -> float:
+    """Valid BLEU where ``along`` (minutes or tokens at each scoring) reaches ``x``, interpolated
+    from BLEU 0 at 0; past the last scoring, the last figure."""
     import numpy as np
 
-    return float(np.interp(minutes, [0.0, *curve["train_minutes"]], [0.0, *curve["valid_bleu"]]))
+    return float(np.interp(x, [0.0, *along], [0.0, *curve["valid_bleu"]]))
+
+
+def tokens_seen(curve: dict) -> list[float]:
+    """Target tokens trained on by each scoring."""
+    return [update * curve["tokens_per_update"] for update in curve["updates"]]
 
 
 def table_rows(curves: dict[str, dict]) -> list[tuple[str, ...]]:
@@ -305,14 +323,16 @@ def table_rows(curves: dict[str, dict]) -> list[tuple[str, ...]]:
 def plot(curves: dict[str, dict], path: Path, settings: dict) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(15, 4.5), layout="constrained")
-    by_update, by_minute, nll = fig.subplots(1, 3)
+    fig = Figure(figsize=(12, 8.5), layout="constrained")
+    (by_update, by_minute), (by_tokens, nll) = fig.subplots(2, 2)
     for arm, c in curves.items():
         style = {"marker": "o", "label": arm, "linestyle": "-" if arm.startswith("attn") else "--"}
         by_update.plot(c["updates"], c["valid_bleu"], **style)
         by_minute.plot(c["train_minutes"], c["valid_bleu"], **style)
+        by_tokens.plot([tokens / 1e6 for tokens in tokens_seen(c)], c["valid_bleu"], **style)
         nll.plot(c["updates"], c["valid_nll"], **style)
     for ax, x, y in ((by_update, "updates", "valid BLEU (greedy)"), (by_minute, "training minutes", "valid BLEU (greedy)"),
+                     (by_tokens, "target tokens trained on (millions)", "valid BLEU (greedy)"),
                      (nll, "updates", "valid NLL per target token (nats)")):
         ax.set_xlabel(x)
         ax.set_ylabel(y)

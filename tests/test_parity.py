@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench import parity_fairseq
-from bench.parity import attn_curve, bleu_at, continues
+from bench.parity import attn_curve, bleu_at, continues, tokens_seen
 from bench.run import CONFIGS, ROOT
 from tests.test_bench import fairseq_log
 
@@ -56,9 +56,15 @@ def test_an_arm_is_continued_only_to_more_updates_with_the_same_settings_and_sch
 
 def test_bleu_at_equal_wall_clock_interpolates_from_the_origin():
     curve = {"train_minutes": [2.0, 4.0], "valid_bleu": [2.0, 6.0]}
-    assert bleu_at(curve, 1.0) == pytest.approx(1.0)
-    assert bleu_at(curve, 3.0) == pytest.approx(4.0)
-    assert bleu_at(curve, 9.0) == pytest.approx(6.0)  # past the end: the last figure, never more
+    assert bleu_at(curve, 1.0, curve["train_minutes"]) == pytest.approx(1.0)
+    assert bleu_at(curve, 3.0, curve["train_minutes"]) == pytest.approx(4.0)
+    assert bleu_at(curve, 9.0, curve["train_minutes"]) == pytest.approx(6.0)  # past the end: the last, never more
+
+
+def test_bleu_at_equal_tokens_reads_the_curve_by_tokens_trained_on():
+    curve = {"updates": [250, 500], "tokens_per_update": 4000.0, "valid_bleu": [2.0, 6.0]}
+    assert tokens_seen(curve) == [1e6, 2e6]
+    assert bleu_at(curve, 1.5e6, tokens_seen(curve)) == pytest.approx(4.0)
 
 
 def test_fairseq_reads_attns_pieces_and_dictionary_in_attns_order(tmp_path, tiny_corpus):
