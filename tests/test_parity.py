@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import parity_fairseq
+from bench import parity, parity_fairseq
 from bench.parity import attn_curve, bleu_at, continues, tokens_seen
 from bench.run import CONFIGS, ROOT
 from tests.test_bench import fairseq_log
@@ -44,7 +44,7 @@ def test_a_continued_fairseq_run_adds_its_clock_to_the_stretches_before(tmp_path
     assert speeds == [100.0, 300.0, 200.0, 400.0, 500.0]
 
 
-def test_an_arm_is_continued_only_to_more_updates_with_the_same_settings_and_schedule():
+def test_an_arm_is_continued_only_to_more_updates_with_the_same_settings_and_schedule(monkeypatch):
     config = ROOT / CONFIGS["T"]
     settings = {"config": "T", "updates": 2000, "every": 250, "threads": 2, "processor": "x", "data": "full corpus"}
     earlier = {"settings": {**settings, "updates": 1000}, "updates": [250, 500, 750, 1000]}
@@ -52,6 +52,9 @@ def test_an_arm_is_continued_only_to_more_updates_with_the_same_settings_and_sch
     assert not continues(earlier, {**settings, "updates": 1000}, config)
     assert not continues(earlier, {**settings, "every": 500}, config)
     assert not continues({**earlier, "settings": {**settings, "updates": 1000, "processor": "y"}}, settings, config)
+    # A cosine schedule decays to train.max_steps: 1,000 updates of it are not the first 1,000 of 2,000.
+    monkeypatch.setattr(parity, "DATA_OVERRIDES", ["train.schedule=cosine"])
+    assert not continues(earlier, settings, config)
 
 
 def test_bleu_at_equal_wall_clock_interpolates_from_the_origin():
